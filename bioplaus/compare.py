@@ -1,0 +1,165 @@
+"""Comparison tables and plots from a sweep directory; the multirun callback and `bioplaus-compare`.
+
+`compare(sweep_dir)` reads every `**/metrics.json` below sweep_dir, groups runs by (data, model, rule),
+averages over seeds (mean ± std), adds each group's margin over the `readout_only` control on the same
+model and data, and writes (atomically) into sweep_dir:
+
+    comparison.md   the table (also printed)
+    comparison.csv  one row per group, plain numbers
+    comparison.png  test accuracy vs training time per group (error bars over seeds)
+
+    bioplaus-compare multirun/2026-11-23/12-00-00
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from bioplaus.errors import ConfigError
+
+CONTROL = "readout_only"
+COLUMNS = ["data", "model", "rule", "seeds", "test_acc", "test_acc_std", "margin_vs_control", "train_acc",
+           "train_time_s", "time_per_step_ms", "peak_mem_mb", "epochs"]
+
+
+def load_runs(sweep_dir: str | Path) -> list[dict]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} is not a directory: give the sweep dir of a multirun")
+    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("metrics.json"))]
+    if not runs:
+        raise ConfigError(f"no metrics.json under {sweep_dir}: did the runs finish? (each run writes one)")
+    return runs
+
+
+def _mean(xs):
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def table(runs: list[dict]) -> list[dict]:
+    """One row per (data, model, rule), averaged over seeds, with the margin over the control."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["data"], r["model"], r["rule"]), []).append(r)
+    rows = []
+    for (data, model, rule), rs in groups.items():
+        acc = [r["test_acc"] for r in rs]
+        rows.append({
+            "data": data, "model": model, "rule": rule, "seeds": len(rs),
+            "test_acc": _mean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "train_acc": _mean([r["train_acc"] for r in rs]),
+            "train_time_s": _mean([r["train_time_s"] for r in rs]),
+            "time_per_step_ms": _mean([r.get("time_per_step_ms", float("nan")) for r in rs]),
+            "peak_mem_mb": _mean([r["peak_mem_mb"] for r in rs]),
+            "epochs": rs[0]["epochs"],
+        })
+    control = {(r["data"], r["model"]): r["test_acc"] for r in rows if r["rule"] == CONTROL}
+    for r in rows:
+        c = control.get((r["data"], r["model"]))
+        r["margin_vs_control"] = r["test_acc"] - c if c is not None else float("nan")
+    rows.sort(key=lambda r: (r["data"], r["model"], r["rule"] == CONTROL, -r["test_acc"]))
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    head = ("| data | model | rule | seeds | test acc | vs readout_only | train acc | train time (s) "
+            "| ms/step | peak mem (MB) | epochs |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        margin = "—" if r["margin_vs_control"] != r["margin_vs_control"] or r["rule"] == CONTROL \
+            else f"{r['margin_vs_control']:+.4f}"
+        std = f" ± {r['test_acc_std']:.4f}" if r["seeds"] > 1 else ""
+        lines.append(f"| {r['data']} | {r['model']} | {r['rule']} | {r['seeds']} | {r['test_acc']:.4f}{std} "
+                     f"| {margin} | {r['train_acc']:.4f} | {r['train_time_s']:.1f} | {r['time_per_step_ms']:.2f} "
+                     f"| {r['peak_mem_mb']:.1f} | {r['epochs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, write) -> None:
+    from bioplaus.stats import atomic_path
+
+    tmp = atomic_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Test accuracy vs training time (log x), one point per (model, rule), error bars over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        marker = "x" if r["rule"] == CONTROL else "o"
+        ax.errorbar(r["train_time_s"], r["test_acc"], yerr=r["test_acc_std"], fmt=marker, capsize=3)
+        ax.annotate(f"{r['rule']}\n{r['model']}/{r['data']}", (r["train_time_s"], r["test_acc"]),
+                    textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (s, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy vs training time (x = readout_only control)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def compare(sweep_dir: str | Path, echo: bool = True) -> list[dict]:
+    """Write comparison.{md,csv,png} into sweep_dir from its runs; print the table; return the rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = table(load_runs(sweep_dir))
+    md = to_markdown(rows)
+    _write_atomic(sweep_dir / "comparison.md", lambda tmp: Path(tmp).write_text(md))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows({k: r[k] for k in COLUMNS} for r in rows)
+    _write_atomic(sweep_dir / "comparison.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    plot(rows, sweep_dir / "comparison.png")
+    if echo:
+        print(f"\nComparison ({sweep_dir}):\n\n{md}")
+    return rows
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    Callback = object
+
+
+class CompareCallback(Callback):
+    """Hydra callback: at the end of a multirun, write and print the comparison of its sweep dir."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            compare(config.hydra.sweep.dir)
+        except ConfigError as e:
+            print(f"bioplaus-compare: {e}", file=sys.stderr)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Console script `bioplaus-compare SWEEP_DIR`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: bioplaus-compare SWEEP_DIR   (writes comparison.md/.csv/.png there)", file=sys.stderr)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    try:
+        compare(argv[0])
+    except ConfigError as e:
+        print(f"bioplaus-compare: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

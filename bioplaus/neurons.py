@@ -1,0 +1,140 @@
+"""Spiking neurons IF, LIF, PLIF: charge -> fire -> reset, with SpikingJelly's semantics by default.
+
+Charge (v: membrane, x: input current, tau: time constant, v_r: reset potential):
+
+    IF                    h_t = v_{t-1} + x_t
+    LIF, decay_input      h_t = v_{t-1} + (x_t - (v_{t-1} - v_r)) / tau
+    LIF, not decay_input  h_t = v_{t-1} - (v_{t-1} - v_r) / tau + x_t
+    PLIF                  as LIF with 1/tau = sigmoid(w), w learnable (init_tau = 2 -> w = 0)
+
+Fire s_t = H(h_t - v_threshold) with a surrogate gradient (bioplaus.surrogate). Reset: hard to v_r
+(`v_reset=0.0`, default) or soft (`v_reset=None`: v_t = h_t - v_threshold * s_t); `detach_reset`
+drops the reset's gradient path. Defaults: tau=2, v_threshold=1, v_reset=0, decay_input=True, ATan(2).
+
+Every neuron is the kernel `bioplaus.kernels.leaky_scan` in the shifted variable u = v - v_r
+(u_h = a u + b x, hard reset u = 0, threshold v_threshold - v_r), so the CPU path is one autograd
+Function with a hand-written BPTT that saves only the pre-reset membrane h.
+
+Modes: step_mode="m" (default) takes x [T, B, ...] and returns spikes [T, B, ...], starting from
+v = v_r each call; step_mode="s" takes x [B, ...], returns spikes [B, ...] and keeps the membrane in
+`.v` across calls until `.reset()` (for online rules). The last membrane is always in `.v`.
+"""
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bioplaus.errors import ConfigError
+from bioplaus.kernels.leaky_scan import leaky_scan, resolve_backend
+from bioplaus.surrogate import get as get_surrogate
+
+
+class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
+    """Shared charge/fire/reset plumbing; subclasses define the charge coefficients (a, b)."""
+
+    def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0, detach_reset: bool = False,
+                 surrogate: str = "atan", alpha: float | None = None, step_mode: str = "m",
+                 backend: str = "auto"):
+        super().__init__()
+        if step_mode not in ("m", "s"):
+            raise ConfigError(f"step_mode must be 'm' (multi-step [T, B, ...]) or 's' (single-step), "
+                              f"got '{step_mode}'")
+        if v_reset is not None and v_threshold <= v_reset:
+            raise ConfigError(f"v_threshold ({v_threshold}) must exceed v_reset ({v_reset})")
+        try:
+            resolve_backend(backend, torch.device("cpu"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        spec = get_surrogate(surrogate)
+        self.v_threshold, self.v_reset, self.detach_reset = float(v_threshold), v_reset, bool(detach_reset)
+        self.surrogate, self.alpha = spec.name, spec.alpha if alpha is None else float(alpha)
+        self.step_mode, self.backend = step_mode, backend
+        self.v: Tensor | None = None
+
+    @abc.abstractmethod
+    def coefficients(self) -> tuple[float | Tensor, float | Tensor]:
+        """(a, b) of the shifted charge u_h = a * u + b * x."""
+
+    @property
+    def _offset(self) -> float:
+        return 0.0 if self.v_reset is None else float(self.v_reset)
+
+    def reset(self) -> None:
+        """Forget the membrane state (start of a new sequence in single-step mode)."""
+        self.v = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        seq = x if self.step_mode == "m" else x.unsqueeze(0)
+        u0 = None if (self.step_mode == "m" or self.v is None) else self.v - self._offset
+        a, b = self.coefficients()
+        s, u = leaky_scan(seq, a, b, v0=u0, threshold=self.v_threshold - self._offset,
+                          reset="soft" if self.v_reset is None else "hard",
+                          detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
+                          backend=self.backend)
+        self.v = u + self._offset
+        return s if self.step_mode == "m" else s[0]
+
+    def extra_repr(self) -> str:
+        return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
+                f"surrogate={self.surrogate}({self.alpha}), step_mode={self.step_mode}, backend={self.backend}")
+
+
+class IFNode(BaseNeuron):
+    """Integrate-and-fire: h_t = v_{t-1} + x_t."""
+
+    def coefficients(self):
+        return 1.0, 1.0
+
+
+class LIFNode(BaseNeuron):
+    """Leaky integrate-and-fire with a fixed time constant tau (> 1, in time steps)."""
+
+    def __init__(self, tau: float = 2.0, decay_input: bool = True, **kw):
+        super().__init__(**kw)
+        if tau <= 1.0:
+            raise ConfigError(f"LIF tau must be > 1 time step, got {tau}")
+        self.tau, self.decay_input = float(tau), bool(decay_input)
+
+    def coefficients(self):
+        return 1.0 - 1.0 / self.tau, (1.0 / self.tau if self.decay_input else 1.0)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
+
+
+class PLIFNode(BaseNeuron):
+    """Parametric LIF (Fang et al. 2021): 1/tau = sigmoid(w) with w a learnable scalar."""
+
+    def __init__(self, init_tau: float = 2.0, decay_input: bool = True, **kw):
+        super().__init__(**kw)
+        if init_tau <= 1.0:
+            raise ConfigError(f"PLIF init_tau must be > 1 time step, got {init_tau}")
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+        self.decay_input = bool(decay_input)
+
+    @property
+    def tau(self) -> float:
+        return float(1.0 / torch.sigmoid(self.w.detach()))
+
+    def coefficients(self):
+        k = torch.sigmoid(self.w)
+        return 1.0 - k, (k if self.decay_input else 1.0)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau:.3f}, decay_input={self.decay_input}, " + super().extra_repr()
+
+
+NEURONS: dict[str, type[BaseNeuron]] = {"if": IFNode, "lif": LIFNode, "plif": PLIFNode}
+
+
+def make_neuron(kind: str = "lif", **kw) -> BaseNeuron:
+    """Build a neuron by name ('if', 'lif', 'plif'); unknown names and bad arguments give ConfigError."""
+    if kind not in NEURONS:
+        raise ConfigError(f"unknown neuron '{kind}': choose one of {', '.join(NEURONS)}")
+    try:
+        return NEURONS[kind](**kw)
+    except TypeError as e:
+        raise ConfigError(f"neuron '{kind}': {e}") from None

@@ -1,0 +1,183 @@
+"""`bioplaus-run`: the Hydra entry point. One job = data + model + rule + trainer -> metrics.json, stats.h5.
+
+    bioplaus-run rule=backprop model=mlp data=digits trainer.epochs=5 seed=0
+    bioplaus-run -m experiment=quickstart            # a sweep; comparison.{md,csv,png} at the end
+
+Each job writes into its Hydra output dir (runs/... or multirun/.../<n>_<rule>_<model>_s<seed>):
+`stats.h5` (bioplaus.stats) and then `metrics.json` (bioplaus.train.train's metrics plus rule, model,
+data, seed, device, versions), both atomically, so a metrics.json means a finished run.
+
+User mistakes (unknown config names, a rule paired with a model it cannot train, missing data
+files, bad values) print one line `bioplaus-run: error: ...` and exit with status 2; the failed
+job's output dir is removed so nothing half-written remains.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioplaus import __version__
+from bioplaus.errors import ConfigError
+
+GROUPS = ("rule", "model", "data", "trainer", "stats", "experiment", "arm")
+
+
+def snake(name: str) -> str:
+    """'SpikingMLP' -> 'spiking_mlp', 'LocalClassifiers' -> 'local_classifiers'."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def label(obj) -> str:
+    """Short name of a rule/model for tables: its `name` attribute, else its class name in snake_case."""
+    return getattr(obj, "name", None) or snake(type(obj).__name__)
+
+
+def versions() -> dict[str, str]:
+    import hydra
+
+    return {"bioplaus": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "hydra": hydra.__version__, "numpy": np.__version__}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write (temp file in the same dir, then rename)."""
+    from bioplaus.stats import atomic_path
+
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _instantiate(node, what: str, **kw):
+    """hydra.utils.instantiate, with its wrapped errors turned into one-line ConfigErrors."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kw)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        msg = str(e).splitlines()[0]
+        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+        if "Error locating target" in msg:
+            raise ConfigError(f"cannot import {what}._target_ '{target}': check the module is importable "
+                              "(on PYTHONPATH) and the class name is spelled right") from None
+        if isinstance(cause, TypeError):
+            raise ConfigError(f"bad {what} settings for {target}: {cause}") from None
+        raise
+
+
+def run(cfg, out_dir: str | Path) -> dict:
+    """Run one job from a composed config; write stats.h5 and metrics.json into out_dir; return metrics."""
+    from omegaconf import OmegaConf
+
+    from bioplaus import stats as stats_mod
+    from bioplaus.train import TrainConfig, train
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
+                          else cfg.device)
+    tcfg = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
+    data = _instantiate(cfg.data, "data")
+    model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes)
+    rule = _instantiate(cfg.rule, "rule", model=model)
+    names = {"rule": label(rule), "model": label(model), "data": data.name}
+    metrics = train(rule, data, tcfg, seed=seed, device=device,
+                    desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}")
+    metrics.update(names, seed=seed, device=str(device), versions=versions())
+    config_yaml = OmegaConf.to_yaml(cfg)
+    if cfg.stats.enabled:
+        n = cfg.stats.n_samples or len(data.x_test)
+        layers = stats_mod.collect(model, data.x_test[:n], batch_size=int(cfg.stats.batch_size))
+        stats_mod.write_h5(out_dir / "stats.h5", layers,
+                           {**names, "seed": seed, "n_samples": int(n), "config": config_yaml,
+                            "versions": versions()})
+        metrics["stats"] = stats_mod.summary(layers)
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _available(group: str) -> list[str]:
+    root = resources.files("bioplaus.configs") / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject unknown config-group names before Hydra creates any output directory."""
+    if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd")) for a in argv):
+        return                                    # the user adds their own config dirs: let Hydra check
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if not sep or key not in GROUPS or "(" in value or value in ("null", ""):
+            continue
+        known = _available(key)
+        for v in value.split(","):
+            if v not in known:
+                raise ConfigError(f"unknown {key} '{v}': choose one of {', '.join(known)} "
+                                  f"(configs/{key}/*.yaml)")
+
+
+def _fail(err: Exception, out_dir: Path | None = None) -> None:
+    print(f"bioplaus-run: error: {err}", file=sys.stderr, flush=True)
+    if out_dir is not None and out_dir.exists():
+        shutil.rmtree(out_dir, ignore_errors=True)
+    sys.exit(2)
+
+
+def _hydra_main():
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import MissingMandatoryValue
+
+    @hydra.main(version_base="1.3", config_path="pkg://bioplaus.configs", config_name="config")
+    def main(cfg) -> None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            run(cfg, out_dir)
+        except MissingMandatoryValue as e:
+            _fail(ConfigError(f"{e.full_key} must be set (add {e.full_key}=... to the command)"), out_dir)
+        except ConfigError as e:
+            _fail(e, out_dir)
+
+    return main
+
+
+def cli() -> None:
+    """Console script `bioplaus-run`."""
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as e:
+        _fail(e)
+    _hydra_main()()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,183 @@
+"""The generic training loop: the same optimizer, clipping, logging and cost accounting for every rule.
+
+Per step: zero grads -> `rule.assign_credit(x, y)` (fills .grad) -> optional clipping -> learning rate
+from the schedule (cosine decay to 0 over the run by default) -> optimizer step.
+Per epoch: test accuracy through `rule.predict`, `rule.on_epoch_end` (True -> rebuild the optimizer),
+a tqdm progress bar. A non-finite loss or gradient stops the run with a ConfigError naming the epoch
+and step (never trains through NaNs).
+
+`train` returns the metrics dict that `bioplaus-run` writes to metrics.json:
+test_acc, train_acc, best_test_acc, train_time_s (training steps only, no evaluation),
+time_per_step_ms, peak_mem_mb (CPU: growth of resident memory over the run, sampled every 2 ms;
+CUDA: torch's peak allocated), steps, epochs, passes_per_update, history (per-epoch loss/test_acc).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from bioplaus.data import Dataset, batches
+from bioplaus.errors import ConfigError
+from bioplaus.rules.base import LearningRule
+
+
+SCHEDULES = {
+    "constant": lambda step, total: 1.0,
+    "cosine": lambda step, total: 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings (configs/trainer/*.yaml)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    grad_clip: float | None = None
+    lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
+    progress: bool = True
+    optimizer: Callable[..., torch.optim.Optimizer] = field(
+        default_factory=lambda: (lambda params: torch.optim.Adam(params, lr=1e-3)))
+
+    def __post_init__(self):
+        if int(self.epochs) < 0:
+            raise ConfigError(f"trainer.epochs must be >= 0, got {self.epochs}")
+        for name in ("batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"unknown trainer.lr_schedule '{self.lr_schedule}': choose one of "
+                              f"{', '.join(SCHEDULES)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+class PeakMemory:
+    """Context manager measuring peak memory growth in MB (CPU RSS sampled by a thread; CUDA allocator)."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.002):
+        self.device, self.interval, self.peak_mb = device, interval_s, 0.0
+
+    @staticmethod
+    def _rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096 / 2**20
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _poll(self):
+        while not self._stop.wait(self.interval):
+            self._max = max(self._max, self._rss_mb())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = self._max = self._rss_mb()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self._max, self._rss_mb()) - self._base
+        return False
+
+
+@torch.no_grad()
+def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> float:
+    """Fraction of correct argmax predictions of `rule.predict`, model in eval mode."""
+    was_training = rule.training
+    rule.eval()
+    correct = 0
+    for xb, yb in batches(x, y, batch_size):
+        correct += (rule.predict(xb.to(device)).argmax(-1).cpu() == yb).sum().item()
+    rule.train(was_training)
+    return correct / max(len(x), 1)
+
+
+def _check_finite(logs: dict, params: list[nn.Parameter], epoch: int, step: int) -> None:
+    bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad and "loss" not in logs and any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
+        bad = ["gradient"]
+    if bad:
+        raise ConfigError(f"training diverged at epoch {epoch} step {step}: non-finite {', '.join(bad)}; "
+                          "lower the learning rate (trainer.optimizer.lr) or set trainer.grad_clip")
+
+
+def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
+          device: torch.device | str = "cpu", desc: str = "train") -> dict:
+    """Train `rule` on `data` for cfg.epochs epochs; returns the metrics dict (see module docstring)."""
+    device = torch.device(device)
+    rule.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    params = rule.trainable_parameters()
+    if not params:
+        raise ConfigError(f"rule {type(rule).__name__} has no trainable parameters for this model")
+    total = int(cfg.epochs) * math.ceil(len(data.x_train) / int(cfg.batch_size))
+    schedule = SCHEDULES[cfg.lr_schedule]
+
+    def make_optimizer():
+        opt = cfg.optimizer(rule.param_groups())
+        return opt, [g["lr"] * g.get("lr_scale", 1.0) for g in opt.param_groups]
+
+    opt, base_lr = make_optimizer()
+    history, steps, train_time = [], 0, 0.0
+    bar = tqdm(range(int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    with PeakMemory(device) as mem:
+        for epoch in bar:
+            rule.train()
+            t0, loss_sum, n = time.perf_counter(), 0.0, 0
+            for xb, yb in batches(data.x_train, data.y_train, int(cfg.batch_size), shuffle=True, generator=gen):
+                opt.zero_grad(set_to_none=True)
+                logs = rule.assign_credit(xb.to(device), yb.to(device))
+                _check_finite(logs, params, epoch, steps)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                for g, lr in zip(opt.param_groups, base_lr):
+                    g["lr"] = lr * schedule(steps, total)
+                opt.step()
+                steps += 1
+                loss_sum += logs.get("loss", float("nan")) * len(xb)
+                n += len(xb)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time += time.perf_counter() - t0
+            test_acc = accuracy(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device)
+            row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc}
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{test_acc:.3f}")
+            if rule.on_epoch_end(epoch, row):
+                params = rule.trainable_parameters()
+                opt, base_lr = make_optimizer()
+    bar.close()
+    test_acc = accuracy(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device)
+    return {
+        "test_acc": test_acc,
+        "train_acc": accuracy(rule, data.x_train, data.y_train, int(cfg.eval_batch_size), device),
+        "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),
+        "train_time_s": train_time,
+        "time_per_step_ms": 1000 * train_time / max(steps, 1),
+        "peak_mem_mb": mem.peak_mb,
+        "steps": steps,
+        "epochs": int(cfg.epochs),
+        "passes_per_update": dict(type(rule).passes_per_update),
+        "history": history,
+    }

@@ -1,0 +1,61 @@
+"""LearningRule: the one interface every credit-assignment strategy implements.
+
+A rule owns every trainable network it needs (the model, plus any feedback nets, embeddings or
+dendrites) so `state_dict()` checkpoints all of it. The trainer owns the optimizer: it zeroes the
+gradients, calls `assign_credit(x, y)`, then steps. A rule only *fills `.grad`* of its parameters —
+backprop by `loss.backward()`, a local rule by writing its own update as -Δw into `.grad`.
+
+    rule = MyRule(model, **hparams)
+    logs = rule.assign_credit(x, y)     # dict of floats for logging, e.g. {"loss": 0.31}
+    logits = rule.predict(x)            # [B, n_classes]
+    rebuild = rule.on_epoch_end(epoch, metrics)   # True -> the parameter set changed
+
+`supported_models` (tuple of model class names, None = any) is checked at construction, so pairing
+a rule with a model it cannot train fails with one clear error naming the models it supports.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+from bioplaus.errors import UnsupportedModelError
+
+
+class LearningRule(nn.Module, metaclass=abc.ABCMeta):
+    """Base class for learning rules. Subclasses implement `assign_credit`."""
+
+    supported_models: tuple[str, ...] | None = None
+    #: forward/backward passes (or relaxation steps) one update costs; reported with the metrics
+    passes_per_update: dict[str, int] = {"forward": 1, "backward": 1}
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        kind = type(model).__name__
+        if self.supported_models is not None and kind not in self.supported_models:
+            raise UnsupportedModelError(
+                f"rule {type(self).__name__} cannot train model {kind}: it supports "
+                f"{', '.join(self.supported_models)}; pick one of those with model=...")
+        self.model = model
+
+    @abc.abstractmethod
+    def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Fill .grad of this rule's parameters for one batch (x [B, ...], y [B]); never step."""
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Logits [B, n_classes]. Rules with a special inference procedure override this."""
+        return self.model(x)
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
+        """Called after each epoch's evaluation; return True if the parameter set changed."""
+        return False
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups. A group may carry "lr_scale", multiplying the trainer's lr."""
+        return [{"params": self.trainable_parameters()}]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimizer should update (those that require grad)."""
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,92 @@
+"""bioplaus-run / bioplaus-compare end to end, as a user runs them (subprocesses): outputs of a run and a
+sweep, and one-line errors with exit status 2 and no half-written run dir for each user mistake."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import pytest
+
+RUN = [sys.executable, "-m", "bioplaus.run"]
+COMPARE = [sys.executable, "-m", "bioplaus.compare"]
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_single_run_writes_metrics_and_stats(tmp_path):
+    out = tmp_path / "run"
+    r = sh(RUN + ["model=spiking_mlp", "model.T=3", "trainer.epochs=2", "seed=3", f"hydra.run.dir={out}"])
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test_acc", "train_acc", "train_time_s", "peak_mem_mb", "epochs", "rule", "model", "data", "seed"):
+        assert key in m
+    assert (m["rule"], m["model"], m["data"], m["seed"], m["epochs"]) == ("backprop", "spiking_mlp", "digits", 3, 2)
+    assert 0.5 < m["test_acc"] <= 1 and len(m["history"]) == 2
+    with h5py.File(out / "stats.h5", "r") as f:
+        assert set(f["layers"]) == {"layers.0", "layers.1", "head"}
+        counts = f["layers/layers.0/spike_counts"][:]
+        assert counts.shape == (3,) and counts.sum() > 0
+        assert f["layers/layers.1/spike_counts"].attrs["units"] == "spikes"
+        assert f.attrs["rule"] == "backprop" and "trainer" in f.attrs["config"]
+
+
+def _plugin(tmp_path):
+    (tmp_path / "convonly.py").write_text(textwrap.dedent("""
+        from bioplaus.rules.base import LearningRule
+        class ConvOnly(LearningRule):
+            supported_models = ("ConvNet",)
+            def assign_credit(self, x, y):
+                return {}
+    """))
+    return {"PYTHONPATH": str(tmp_path), **__import__("os").environ}
+
+
+ERRORS = [
+    (["rule=backpropp"], "unknown rule 'backpropp': choose one of backprop, readout_only"),
+    (["model=mlp,transformer"], "unknown model 'transformer'"),
+    (["data=cifar"], "unknown data 'cifar'"),
+    (["data=fashion", "data.root=/nonexistent"], "missing train-images-idx3-ubyte[.gz]"),
+    (["data=mnist"], "data.root must be set"),
+    (["trainer.epochs=-1"], "trainer.epochs must be >= 0"),
+    (["rule._target_=convonly.ConvOnly"], "cannot train model MLP: it supports ConvNet"),
+    (["rule._target_=nowhere.Rule"], "cannot import rule._target_ 'nowhere.Rule'"),
+    (["model.hidden=[]"], "model.hidden must be a non-empty list"),
+    (["trainer.optimizer._target_=torch.optim.SGD", "trainer.optimizer.lr=1e20", "trainer.epochs=1"],
+     "training diverged at epoch 0"),
+]
+
+
+@pytest.mark.parametrize("args,message", ERRORS, ids=[e[1][:24] for e in ERRORS])
+def test_bad_input_is_one_line_and_nothing_written(tmp_path, args, message):
+    out = tmp_path / "run"
+    r = sh(RUN + args + [f"hydra.run.dir={out}", "trainer.progress=false"], env=_plugin(tmp_path))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bioplaus-run: error:"), r.stderr
+    assert message in lines[0]
+    assert not out.exists(), "a failed run must not leave a half-written run dir"
+
+
+def test_multirun_writes_and_prints_the_comparison(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = sh(RUN + ["-m", "experiment=quickstart", "trainer.epochs=1", "model.hidden=[32]",
+                  "trainer.progress=false", f"hydra.sweep.dir={sweep}"])
+    assert r.returncode == 0, r.stderr
+    table = (sweep / "comparison.md").read_text()
+    assert table in r.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 4 and sum("readout_only" in row for row in rows) == 2
+    csv = (sweep / "comparison.csv").read_text().splitlines()
+    assert csv[0].startswith("data,model,rule,seeds,test_acc") and len(csv) == 5
+    assert (sweep / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    (sweep / "comparison.md").unlink()
+    r2 = sh(COMPARE + [str(sweep)])
+    assert r2.returncode == 0 and (sweep / "comparison.md").read_text() == table
+
+
+def test_compare_on_a_dir_without_runs(tmp_path):
+    r = sh(COMPARE + [str(tmp_path)])
+    assert r.returncode == 2 and "no metrics.json" in r.stderr
