@@ -24,7 +24,7 @@ from bioplaus.errors import ConfigError
 
 CONTROL = "readout_only"
 COLUMNS = ["data", "model", "rule", "seeds", "test_acc", "test_acc_std", "margin_vs_control", "train_acc",
-           "train_time_s", "time_per_step_ms", "peak_mem_mb", "epochs"]
+           "train_time_s", "time_per_step_ms", "peak_mem_mb", "saved_for_backward_mb", "epochs"]
 
 
 def load_runs(sweep_dir: str | Path) -> list[dict]:
@@ -56,6 +56,7 @@ def table(runs: list[dict]) -> list[dict]:
             "train_time_s": _mean([r["train_time_s"] for r in rs]),
             "time_per_step_ms": _mean([r.get("time_per_step_ms", float("nan")) for r in rs]),
             "peak_mem_mb": _mean([r["peak_mem_mb"] for r in rs]),
+            "saved_for_backward_mb": _mean([r.get("saved_for_backward_mb", float("nan")) for r in rs]),
             "epochs": rs[0]["epochs"],
         })
     control = {(r["data"], r["model"]): r["test_acc"] for r in rows if r["rule"] == CONTROL}
@@ -68,15 +69,15 @@ def table(runs: list[dict]) -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
     head = ("| data | model | rule | seeds | test acc | vs readout_only | train acc | train time (s) "
-            "| ms/step | peak mem (MB) | epochs |")
-    lines = [head, "|" + "---|" * 11]
+            "| ms/step | peak mem (MB) | saved for bwd (MB) | epochs |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         margin = "—" if r["margin_vs_control"] != r["margin_vs_control"] or r["rule"] == CONTROL \
             else f"{r['margin_vs_control']:+.4f}"
         std = f" ± {r['test_acc_std']:.4f}" if r["seeds"] > 1 else ""
         lines.append(f"| {r['data']} | {r['model']} | {r['rule']} | {r['seeds']} | {r['test_acc']:.4f}{std} "
                      f"| {margin} | {r['train_acc']:.4f} | {r['train_time_s']:.1f} | {r['time_per_step_ms']:.2f} "
-                     f"| {r['peak_mem_mb']:.1f} | {r['epochs']} |")
+                     f"| {r['peak_mem_mb']:.1f} | {r['saved_for_backward_mb']:.2f} | {r['epochs']} |")
     return "\n".join(lines) + "\n"
 
 

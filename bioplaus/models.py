@@ -16,7 +16,7 @@ direct or rate encoding, T steps).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -226,5 +226,13 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Layered", "MLP", "ConvNet", "SpikingMLP", "SpikingConvNet", "Readout", "pool",
-           "count_parameters"]
+__all__ = [
+    "MLP",
+    "ConvNet",
+    "Layered",
+    "Readout",
+    "SpikingConvNet",
+    "SpikingMLP",
+    "count_parameters",
+    "pool",
+]

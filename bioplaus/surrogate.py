@@ -13,7 +13,7 @@ from torch import Tensor
 from bioplaus.errors import ConfigError
 from bioplaus.kernels.surrogate import SURROGATES, SurrogateSpec, lookup
 
-__all__ = ["SURROGATES", "SurrogateSpec", "get", "spike", "Surrogate"]
+__all__ = ["SURROGATES", "Surrogate", "SurrogateSpec", "get", "spike"]
 
 
 def get(name: str) -> SurrogateSpec:

@@ -8,16 +8,19 @@ and step (never trains through NaNs).
 
 `train` returns the metrics dict that `bioplaus-run` writes to metrics.json:
 test_acc, train_acc, best_test_acc, train_time_s (training steps only, no evaluation),
-time_per_step_ms, peak_mem_mb (CPU: growth of resident memory over the run, sampled every 2 ms;
-CUDA: torch's peak allocated), steps, epochs, passes_per_update, history (per-epoch loss/test_acc).
+time_per_step_ms, peak_mem_mb (CPU: growth of resident memory over the run, sampled every 2 ms, after
+handing memory freed by earlier jobs back to the OS; CUDA: torch's peak allocated),
+saved_for_backward_mb (bytes autograd keeps for backward in the first update, parameters excluded:
+the activation memory a rule needs; 0 for a rule that keeps no graph), steps, epochs,
+passes_per_update, history (per-epoch loss/test_acc).
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +29,6 @@ from tqdm.auto import tqdm
 from bioplaus.data import Dataset, batches
 from bioplaus.errors import ConfigError
 from bioplaus.rules.base import LearningRule
-
 
 SCHEDULES = {
     "constant": lambda step, total: 1.0,
@@ -80,11 +82,24 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self._max = max(self._max, self._rss_mb())
 
+    @staticmethod
+    def _release_freed() -> None:
+        """Hand memory freed by earlier jobs in this process back to the OS, so growth is this run's."""
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
+            self._release_freed()
             self._base = self._max = self._rss_mb()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -99,6 +114,34 @@ class PeakMemory:
             self._thread.join()
             self.peak_mb = max(self._max, self._rss_mb()) - self._base
         return False
+
+
+class SavedTensors:
+    """Bytes autograd keeps for backward while the context is open: each storage counted once, the
+    storages of `exclude` (the parameters, which exist anyway) not at all."""
+
+    def __init__(self, exclude=()):
+        self.bytes = 0
+        self._seen = {(p.untyped_storage().data_ptr(), p.device) for p in exclude}
+
+    def _pack(self, t: Tensor):
+        try:
+            key = (t.untyped_storage().data_ptr(), t.device)
+            size = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            key, size = (id(t), t.device), t.numel() * t.element_size()
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += size
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
 
 
 @torch.no_grad()
@@ -141,13 +184,18 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     opt, base_lr = make_optimizer()
     history, steps, train_time = [], 0, 0.0
     bar = tqdm(range(int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    saved = SavedTensors()
     with PeakMemory(device) as mem:
         for epoch in bar:
             rule.train()
             t0, loss_sum, n = time.perf_counter(), 0.0, 0
             for xb, yb in batches(data.x_train, data.y_train, int(cfg.batch_size), shuffle=True, generator=gen):
                 opt.zero_grad(set_to_none=True)
-                logs = rule.assign_credit(xb.to(device), yb.to(device))
+                if steps == 0:                          # measure what one update keeps for backward
+                    with SavedTensors(exclude=rule.parameters()) as saved:
+                        logs = rule.assign_credit(xb.to(device), yb.to(device))
+                else:
+                    logs = rule.assign_credit(xb.to(device), yb.to(device))
                 _check_finite(logs, params, epoch, steps)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -176,6 +224,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         "train_time_s": train_time,
         "time_per_step_ms": 1000 * train_time / max(steps, 1),
         "peak_mem_mb": mem.peak_mb,
+        "saved_for_backward_mb": saved.bytes / 2**20,
         "steps": steps,
         "epochs": int(cfg.epochs),
         "passes_per_update": dict(type(rule).passes_per_update),

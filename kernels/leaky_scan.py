@@ -25,12 +25,11 @@ Backends: "torch" (this file: the reference and the CPU path) — the table `BAC
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
-
 from bioplaus.kernels.surrogate import SurrogateSpec, lookup
+from torch import Tensor
 
 RESETS = ("hard", "soft", "none")
 Decay = float | Tensor

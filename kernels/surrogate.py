@@ -20,8 +20,8 @@ snnTorch's `surrogate.fast_sigmoid(slope=a)`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from bioplaus.rules.base import LearningRule
+from torch import Tensor
 
 
 class ReadoutOnly(LearningRule):

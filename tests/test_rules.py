@@ -5,13 +5,13 @@ from functools import partial
 
 import pytest
 import torch
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.base import LearningRule
+from bioplaus.rules.readout_only import ReadoutOnly
 
 from bioplaus.data import fashion
 from bioplaus.errors import UnsupportedModelError
 from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.base import LearningRule
-from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 RULES = [Backprop, ReadoutOnly]

@@ -30,7 +30,8 @@ def test_matches_spikingjelly_atan_and_sigmoid():
     from spikingjelly.activation_based import surrogate as sjs
 
     x = torch.linspace(-2, 2, 101, requires_grad=True)
-    for ours, theirs in [(Surrogate("atan", 2.0), sjs.ATan(alpha=2.0)), (Surrogate("sigmoid", 4.0), sjs.Sigmoid(alpha=4.0))]:
+    pairs = [(Surrogate("atan", 2.0), sjs.ATan(alpha=2.0)), (Surrogate("sigmoid", 4.0), sjs.Sigmoid(alpha=4.0))]
+    for ours, theirs in pairs:
         (g1,) = torch.autograd.grad(ours(x).sum(), x)
         (g2,) = torch.autograd.grad(theirs(x).sum(), x)
         torch.testing.assert_close(g1, g2)

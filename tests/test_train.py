@@ -1,0 +1,74 @@
+"""Trainer: cost accounting measures what it claims, schedules and settings are validated, and the
+optimizer is rebuilt when a rule says its parameters changed."""
+import pytest
+import torch
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.readout_only import ReadoutOnly
+
+from bioplaus.errors import ConfigError
+from bioplaus.models import MLP
+from bioplaus.train import SavedTensors, TrainConfig, train
+
+
+def test_saved_for_backward_is_the_activation_memory(digits):
+    """readout_only keeps only the head's input [B, D] for backward; backprop keeps every layer's."""
+    torch.manual_seed(0)
+    ro = train(ReadoutOnly(MLP([1, 8, 8], 10, hidden=[32, 16])), digits, TrainConfig(epochs=1, progress=False))
+    with SavedTensors() as loss_only:                 # what cross-entropy itself keeps, [B, C] logits path
+        torch.nn.functional.cross_entropy(torch.randn(64, 10, requires_grad=True), torch.zeros(64, dtype=torch.long))
+    assert ro["saved_for_backward_mb"] * 2**20 == 64 * 16 * 4 + loss_only.bytes
+    bp = train(Backprop(MLP([1, 8, 8], 10, hidden=[32, 16])), digits, TrainConfig(epochs=1, progress=False))
+    assert bp["saved_for_backward_mb"] > ro["saved_for_backward_mb"] * 2
+
+
+def test_saved_tensors_excludes_parameters():
+    lin = torch.nn.Linear(8, 4)
+    with SavedTensors(exclude=lin.parameters()) as s:
+        lin(torch.randn(3, 8)).sum()
+    assert s.bytes == 3 * 8 * 4
+
+
+def test_cosine_schedule_ends_near_zero_and_constant_does_not(digits):
+    class Recording(Backprop):
+        """Backprop that records the learning rate the trainer set before each update."""
+
+        opt = None
+        seen: list
+
+        def assign_credit(self, x, y):
+            self.seen.append(self.opt.param_groups[0]["lr"])
+            return super().assign_credit(x, y)
+
+    lrs = {}
+    for sched in ("cosine", "constant"):
+        rule = Recording(MLP([1, 8, 8], 10, hidden=[8]))
+        rule.seen = []
+
+        def make(params, rule=rule):
+            rule.opt = torch.optim.SGD(params, lr=0.1)
+            return rule.opt
+
+        train(rule, digits, TrainConfig(epochs=2, progress=False, lr_schedule=sched, optimizer=make))
+        lrs[sched] = rule.seen
+    assert lrs["constant"][-1] == pytest.approx(0.1)
+    assert lrs["cosine"][0] == pytest.approx(0.1) and lrs["cosine"][-1] < 0.01
+
+
+def test_on_epoch_end_true_rebuilds_the_optimizer(digits):
+    built = []
+
+    class Growing(Backprop):
+        def on_epoch_end(self, epoch, metrics):
+            return epoch == 0
+
+    cfg = TrainConfig(epochs=2, progress=False, optimizer=lambda p: built.append(1) or torch.optim.Adam(p))
+    train(Growing(MLP([1, 8, 8], 10, hidden=[8])), digits, cfg)
+    assert len(built) == 2
+
+
+@pytest.mark.parametrize("kw,msg", [({"epochs": -1}, "epochs must be >= 0"), ({"batch_size": 0}, "batch_size"),
+                                    ({"lr_schedule": "step"}, "lr_schedule 'step'"),
+                                    ({"grad_clip": -1.0}, "grad_clip")])
+def test_bad_trainer_settings(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig(**kw)
