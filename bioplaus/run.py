@@ -4,8 +4,10 @@
     bioplaus-run -m experiment=quickstart            # a sweep; comparison.{md,csv,png} at the end
 
 Each job writes into its Hydra output dir (runs/... or multirun/.../<n>_<rule>_<model>_s<seed>):
-`stats.h5` (bioplaus.stats) and then `metrics.json` (bioplaus.train.train's metrics plus rule, model,
-data, seed, device, versions), both atomically, so a metrics.json means a finished run.
+`stats.h5`, `stats.json`, `stats.csv` (bioplaus.stats, energy model from the `stats` preset) and then
+`metrics.json` (bioplaus.train.train's metrics plus rule, model, data, seed, device, versions, the
+stats summary and the training energy per step), all atomically, so a metrics.json means a
+finished run.
 
 User mistakes (unknown config names, a rule paired with a model it cannot train, missing data
 files, bad values) print one line `bioplaus-run: error: ...` and exit with status 2; the failed
@@ -14,7 +16,6 @@ job's output dir is removed so nothing half-written remains.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
 import re
@@ -57,16 +58,9 @@ def seed_everything(seed: int) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (temp file in the same dir, then rename)."""
-    from bioplaus.stats import atomic_path
+    from bioplaus.stats import atomic_write
 
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=float)))
 
 
 def _instantiate(node, what: str, **kw):
@@ -113,14 +107,22 @@ def run(cfg, out_dir: str | Path) -> dict:
     metrics = train(rule, data, tcfg, seed=seed, device=device,
                     desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}")
     metrics.update(names, seed=seed, device=str(device), versions=versions())
-    config_yaml = OmegaConf.to_yaml(cfg)
+    energy = stats_mod.EnergyModel.from_config(cfg.stats.energy)
+    train_cost = {"mac_per_step": metrics["train_mac_per_step"], "ac_per_step": metrics["train_ac_per_step"],
+                  "energy_pj_per_step": energy.compute_pj(metrics["train_mac_per_step"], metrics["train_ac_per_step"]),
+                  "passes_per_update": metrics["passes_per_update"], "batch_size": int(tcfg.batch_size)}
+    metrics["train_energy_pj_per_step"] = train_cost["energy_pj_per_step"]
     if cfg.stats.enabled:
         n = cfg.stats.n_samples or len(data.x_test)
-        layers = stats_mod.collect(model, data.x_test[:n], batch_size=int(cfg.stats.batch_size))
-        stats_mod.write_h5(out_dir / "stats.h5", layers,
-                           {**names, "seed": seed, "n_samples": int(n), "config": config_yaml,
-                            "versions": versions()})
-        metrics["stats"] = stats_mod.summary(layers)
+        layers = stats_mod.collect(model, data.x_test[:n], energy, batch_size=int(cfg.stats.batch_size))
+        summary = {**stats_mod.summary(layers), "train_mac_per_step": train_cost["mac_per_step"],
+                   "train_ac_per_step": train_cost["ac_per_step"],
+                   "train_energy_pj_per_step": train_cost["energy_pj_per_step"]}
+        attrs = {**names, "seed": seed, "n_samples": int(n), "energy": energy.as_dict(),
+                 "train_cost": train_cost, "config": OmegaConf.to_yaml(cfg), "versions": versions()}
+        stats_mod.write_h5(out_dir / "stats.h5", layers, summary, attrs)
+        stats_mod.write_flat(out_dir, layers, summary, attrs)
+        metrics["stats"] = summary
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 

@@ -12,7 +12,9 @@ time_per_step_ms, peak_mem_mb (CPU: growth of resident memory over the run, samp
 handing memory freed by earlier jobs back to the OS; CUDA: torch's peak allocated),
 saved_for_backward_mb (bytes autograd keeps for backward in the first update, parameters excluded:
 the activation memory a rule needs; 0 for a rule that keeps no graph), steps, epochs,
-passes_per_update, history (per-epoch loss/test_acc).
+passes_per_update (measured: forward/backward passes through the first layer in one update),
+train_mac_per_step / train_ac_per_step (every op of one update, whole batch), history (per-epoch
+loss/test_acc).
 """
 from __future__ import annotations
 
@@ -144,6 +146,41 @@ class SavedTensors:
         return self._ctx.__exit__(*exc)
 
 
+class UpdateCost:
+    """What one `assign_credit` costs, measured the same way for every rule: MACs and ACs of every op
+    it ran (forward and backward, whole batch; bioplaus.opcount), and how many forward and backward
+    passes went through the model's first layer (relaxation steps and repeated passes included)."""
+
+    def __init__(self, rule: LearningRule):
+        self.layer = getattr(rule.model, "layers", [None])[0] if hasattr(rule, "model") else None
+        self._weights = list(rule.parameters())
+        self.passes = {"forward": 0, "backward": 0}
+        self.ops = {"mac": 0.0, "ac": 0.0}
+
+    def _on_forward(self, mod, inp, out):
+        self.passes["forward"] += 1
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(self._on_backward)
+
+    def _on_backward(self, grad):
+        self.passes["backward"] += 1
+
+    def __enter__(self):
+        from bioplaus.opcount import OpCounter
+
+        self._counter = OpCounter(weights=self._weights)
+        self._hook = self.layer.register_forward_hook(self._on_forward) if self.layer is not None else None
+        self._counter.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._counter.__exit__(*exc)
+        if self._hook is not None:
+            self._hook.remove()
+        self.ops = self._counter.totals()
+        return False
+
+
 @torch.no_grad()
 def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> float:
     """Fraction of correct argmax predictions of `rule.predict`, model in eval mode."""
@@ -184,7 +221,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     opt, base_lr = make_optimizer()
     history, steps, train_time = [], 0, 0.0
     bar = tqdm(range(int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
-    saved = SavedTensors()
+    saved, cost = SavedTensors(), UpdateCost(rule)
     with PeakMemory(device) as mem:
         for epoch in bar:
             rule.train()
@@ -192,7 +229,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             for xb, yb in batches(data.x_train, data.y_train, int(cfg.batch_size), shuffle=True, generator=gen):
                 opt.zero_grad(set_to_none=True)
                 if steps == 0:                          # measure what one update keeps for backward
-                    with SavedTensors(exclude=rule.parameters()) as saved:
+                    with SavedTensors(exclude=rule.parameters()) as saved, cost:
                         logs = rule.assign_credit(xb.to(device), yb.to(device))
                 else:
                     logs = rule.assign_credit(xb.to(device), yb.to(device))
@@ -227,6 +264,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         "saved_for_backward_mb": saved.bytes / 2**20,
         "steps": steps,
         "epochs": int(cfg.epochs),
-        "passes_per_update": dict(type(rule).passes_per_update),
+        "passes_per_update": cost.passes,
+        "train_mac_per_step": cost.ops["mac"],
+        "train_ac_per_step": cost.ops["ac"],
         "history": history,
     }

@@ -12,6 +12,8 @@ backprop by `loss.backward()`, a local rule by writing its own update as -Δw in
 
 `supported_models` (tuple of model class names, None = any) is checked at construction, so pairing
 a rule with a model it cannot train fails with one clear error naming the models it supports.
+What an update costs (ops, passes, saved activations, time, memory) is measured by the trainer the
+same way for every rule; a rule declares nothing.
 """
 from __future__ import annotations
 
@@ -27,8 +29,6 @@ class LearningRule(nn.Module, metaclass=abc.ABCMeta):
     """Base class for learning rules. Subclasses implement `assign_credit`."""
 
     supported_models: tuple[str, ...] | None = None
-    #: forward/backward passes (or relaxation steps) one update costs; reported with the metrics
-    passes_per_update: dict[str, int] = {"forward": 1, "backward": 1}
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -27,10 +27,21 @@ def test_single_run_writes_metrics_and_stats(tmp_path):
     assert 0.5 < m["test_acc"] <= 1 and len(m["history"]) == 2
     with h5py.File(out / "stats.h5", "r") as f:
         assert set(f["layers"]) == {"layers.0", "layers.1", "head"}
+        for name in ("layers.0", "layers.1"):
+            for q in ("spike_counts", "firing_rate", "sop", "mac", "neuron_updates", "params", "activation_bytes",
+                      "energy_pj", "energy_compute_pj", "energy_memory_pj"):
+                assert q in f["layers"][name], (name, q)
         counts = f["layers/layers.0/spike_counts"][:]
         assert counts.shape == (3,) and counts.sum() > 0
-        assert f["layers/layers.1/spike_counts"].attrs["units"] == "spikes"
+        assert f["layers/layers.1/sop"][:].sum() > 0 and f["layers/layers.0/mac"][:].sum() == 3 * 64 * 256
+        assert f["layers/layers.1/spike_counts"].attrs["units"] == "spikes/sample/step"
         assert f.attrs["rule"] == "backprop" and "trainer" in f.attrs["config"]
+        assert json.loads(f.attrs["energy"])["mac_pj"] == 4.6
+        assert f["summary/train_energy_pj_per_step"][()] > 0
+    flat = json.loads((out / "stats.json").read_text())
+    assert flat["summary"]["energy_pj_per_sample"] == pytest.approx(m["stats"]["energy_pj_per_sample"])
+    assert (out / "stats.csv").read_text().startswith("layer,")
+    assert m["passes_per_update"] == {"forward": 1, "backward": 1} and m["train_mac_per_step"] > 0
 
 
 def _plugin(tmp_path):
@@ -48,6 +59,8 @@ ERRORS = [
     (["rule=backpropp"], "unknown rule 'backpropp': choose one of backprop, readout_only"),
     (["model=mlp,transformer"], "unknown model 'transformer'"),
     (["data=cifar"], "unknown data 'cifar'"),
+    (["stats=fp64_45nm"], "unknown stats 'fp64_45nm': choose one of fp16_45nm, fp32_45nm, int8_45nm"),
+    (["stats.energy.ac_pj=-1"], "stats.energy.ac_pj must be >= 0"),
     (["data=fashion", "data.root=/nonexistent"], "missing train-images-idx3-ubyte[.gz]"),
     (["data=mnist"], "data.root must be set"),
     (["trainer.epochs=-1"], "trainer.epochs must be >= 0"),
@@ -81,10 +94,23 @@ def test_multirun_writes_and_prints_the_comparison(tmp_path):
     assert len(rows) == 4 and sum("readout_only" in row for row in rows) == 2
     csv = (sweep / "comparison.csv").read_text().splitlines()
     assert csv[0].startswith("data,model,rule,seeds,test_acc") and len(csv) == 5
+    assert "energy_uj_per_sample" in csv[0] and "energy/sample (µJ)" in table
     assert (sweep / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     (sweep / "comparison.md").unlink()
     r2 = sh(COMPARE + [str(sweep)])
     assert r2.returncode == 0 and (sweep / "comparison.md").read_text() == table
+
+
+def test_energy_preset_changes_the_energy_not_the_ops(tmp_path):
+    out = {}
+    for preset in ("fp32_45nm", "int8_45nm"):
+        r = sh(RUN + [f"stats={preset}", "trainer.epochs=1", "trainer.progress=false",
+                      f"hydra.run.dir={tmp_path / preset}"])
+        assert r.returncode == 0, r.stderr
+        out[preset] = json.loads((tmp_path / preset / "metrics.json").read_text())["stats"]
+    assert out["fp32_45nm"]["mac_per_sample"] == out["int8_45nm"]["mac_per_sample"]
+    assert out["int8_45nm"]["energy_compute_pj_per_sample"] == pytest.approx(
+        out["fp32_45nm"]["energy_compute_pj_per_sample"] * 0.23 / 4.6)
 
 
 def test_compare_on_a_dir_without_runs(tmp_path):

@@ -21,6 +21,17 @@ def test_saved_for_backward_is_the_activation_memory(digits):
     assert bp["saved_for_backward_mb"] > ro["saved_for_backward_mb"] * 2
 
 
+def test_update_cost_is_measured_the_same_way_for_every_rule(digits):
+    torch.manual_seed(0)
+    bp = train(Backprop(MLP([1, 8, 8], 10, hidden=[32])), digits, TrainConfig(epochs=1, progress=False))
+    ro = train(ReadoutOnly(MLP([1, 8, 8], 10, hidden=[32])), digits, TrainConfig(epochs=1, progress=False))
+    assert bp["passes_per_update"] == {"forward": 1, "backward": 1}
+    assert ro["passes_per_update"] == {"forward": 1, "backward": 0}       # no gradient reaches the hidden layer
+    fwd = 64 * (64 * 32 + 32 * 10)
+    assert bp["train_mac_per_step"] == fwd + 64 * 64 * 32 + 2 * 64 * 32 * 10   # + grad W0, grad W1, grad h
+    assert ro["train_mac_per_step"] == fwd + 64 * 32 * 10                   # + grad of the head's weight only
+
+
 def test_saved_tensors_excludes_parameters():
     lin = torch.nn.Linear(8, 4)
     with SavedTensors(exclude=lin.parameters()) as s:

@@ -1,0 +1,133 @@
+"""Per-layer, per-time-step account of one model's inference: spikes, synaptic ops, MACs, memory, energy.
+
+`collect(model, x, energy)` runs the model in eval mode over x [N, ...] and returns, per layer
+("layers.0", ..., "head"), quantities **per inference sample** (totals over x divided by N):
+
+    spike_counts    [T]  spikes emitted at each step (spiking layers)
+    n_neurons            neurons per sample (spiking layers)
+    firing_rate          spikes / (n_neurons * T)
+    neuron_updates  [T]  membrane updates (n_neurons per step)
+    sop             [T]  synaptic operations: accumulates driven by binary input spikes
+                         (= input spikes x fan-out, exact at conv borders; attention products too)
+    mac             [T]  multiply-accumulates with dense operands
+    params               parameters of the layer
+    in_size, out_size    input / output elements per step
+    activation_bytes     output elements over all steps x bits/8
+    weight_reads, act_reads, act_writes, state_accesses   memory accesses (see below)
+    energy_compute_pj    sop*ac + mac*mac + neuron_updates*(update cost)
+    energy_memory_pj     each access priced by the size of the buffer it hits (energy.MemoryModel)
+    energy_pj            their sum
+
+Memory accesses (a simple, stated model): one weight read per op (sop + mac) from a buffer of the
+layer's weights; each input element read once per step; each output element written once per step;
+membrane state read and written once per update. Every word is `energy.bits` wide.
+
+Ops are counted by `bioplaus.opcount.OpCounter` (every matmul/conv aten op, attributed to the layer
+whose forward ran it), so any model family is covered without per-layer code.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from bioplaus.neurons import BaseNeuron
+from bioplaus.opcount import OpCounter, attribute
+from bioplaus.stats.energy import EnergyModel
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    out = {f"layers.{i}": m for i, m in enumerate(model.layers)}
+    out["head"] = model.head
+    return out
+
+
+def _owner(name: str, layer_names) -> str | None:
+    return next((ln for ln in layer_names if name == ln or name.startswith(ln + ".")), None)
+
+
+@torch.no_grad()
+def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: int = 500) -> dict[str, dict]:
+    """Per-layer statistics per inference sample over x [N, ...] (see module docstring)."""
+    layers = _layers(model)
+    spiking = bool(getattr(model, "spiking", False))
+    T = int(getattr(model, "T", 1)) if spiking else 1
+    time_layers = {n for n in layers if n != "head"} if spiking else set()
+    rec: dict[str, dict] = {n: {"params": sum(p.numel() for p in m.parameters())} for n, m in layers.items()}
+    spikes: dict[str, np.ndarray] = {}
+    hooks = []
+
+    def spike_hook(name):
+        def hook(mod, inp, s):
+            s = s if mod.step_mode == "m" else s.unsqueeze(0)
+            counts = s.reshape(s.shape[0], -1).sum(1).double().cpu().numpy()
+            spikes[name] = spikes.get(name, 0) + counts
+            rec[name]["n_neurons"] = int(s[0, 0].numel())
+        return hook
+
+    def size_hook(name):
+        def hook(mod, inp, out):         # spiking models: every layer's input is [T, B, ...], the head's output not
+            rec[name]["in_size"] = int(inp[0][0, 0].numel() if spiking else inp[0][0].numel())
+            rec[name]["out_size"] = int(out[0, 0].numel() if name in time_layers else out[0].numel())
+        return hook
+
+    for mname, mod in model.named_modules():
+        owner = _owner(mname, layers)
+        if owner is not None and isinstance(mod, BaseNeuron):
+            hooks.append(mod.register_forward_hook(spike_hook(owner)))
+    hooks += [m.register_forward_hook(size_hook(n)) for n, m in layers.items()]
+    counter = OpCounter(T=T, weights=model.parameters())
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with attribute(counter, layers, time_major=time_layers), counter:
+            for i in range(0, len(x), batch_size):
+                model(x[i:i + batch_size].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    n = max(len(x), 1)
+    for name, r in rec.items():
+        steps = T if name in time_layers else 1
+        c = counter.counts.get(name) or counter._zeros()
+        r["sop"] = (c["ac"] / n).numpy()
+        r["mac"] = (c["mac"] / n).numpy()
+        if name in spikes:
+            r["spike_counts"] = spikes[name] / n
+            r["firing_rate"] = float(r["spike_counts"].sum() / (r["n_neurons"] * T))
+            r["neuron_updates"] = np.full(T, float(r["n_neurons"]))
+        updates = float(r.get("neuron_updates", np.zeros(1)).sum())
+        word = energy.bits / 8
+        r["activation_bytes"] = float(r.get("out_size", 0) * steps * word)
+        r["weight_reads"] = float(r["sop"].sum() + r["mac"].sum())
+        r["act_reads"] = float(r.get("in_size", 0) * T)
+        r["act_writes"] = float(r.get("out_size", 0) * steps)
+        r["state_accesses"] = 2 * updates
+        r["energy_compute_pj"] = energy.compute_pj(float(r["mac"].sum()), float(r["sop"].sum()), updates)
+        r["energy_memory_pj"] = (r["weight_reads"] * energy.access_pj(r["params"] * word)
+                                 + r["act_reads"] * energy.access_pj(r.get("in_size", 0) * word)
+                                 + r["act_writes"] * energy.access_pj(r.get("out_size", 0) * word)
+                                 + r["state_accesses"] * energy.access_pj(r.get("n_neurons", 0) * word))
+        r["energy_pj"] = r["energy_compute_pj"] + r["energy_memory_pj"]
+    return rec
+
+
+def summary(layers: dict[str, dict]) -> dict[str, float]:
+    """Whole-model totals per inference sample."""
+    spiking = [r for r in layers.values() if "spike_counts" in r]
+
+    def total(key):
+        return float(sum(np.sum(r.get(key, 0.0)) for r in layers.values()))
+
+    return {
+        "spikes_per_sample": float(sum(r["spike_counts"].sum() for r in spiking)),
+        "mean_firing_rate": float(np.mean([r["firing_rate"] for r in spiking])) if spiking else 0.0,
+        "sop_per_sample": total("sop"),
+        "mac_per_sample": total("mac"),
+        "params": total("params"),
+        "energy_compute_pj_per_sample": total("energy_compute_pj"),
+        "energy_memory_pj_per_sample": total("energy_memory_pj"),
+        "energy_pj_per_sample": total("energy_pj"),
+    }
