@@ -108,6 +108,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, xlabel in ((axes[0], "train_time_s", "training time (s)"),
@@ -120,6 +121,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.annotate(f"{r['rule']}\n{r['model']}/{r['data']}", (r[key], r["test_acc"]),
                         textcoords="offset points", xytext=(5, 3), fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xlabel + ", log scale")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)

@@ -61,5 +61,5 @@ def test_ci_runs_the_readme_commands():
 
 
 def test_named_configs_exist():
-    for group, name in re.findall(r"\b(experiment|rule|model|data)=([a-z_0-9]+)\b", README):
+    for group, name in re.findall(r"\b(experiment|rule|model|data|stats)=([a-z_0-9]+)\b", README):
         assert (ROOT / "configs" / group / f"{name}.yaml").exists(), f"README names {group}={name}"
