@@ -183,3 +183,40 @@ def test_spiking_conv_synops_agree_with_spikingjelly(digits):
     ours = stats.collect(model, x, COMPUTE_ONLY)
     sop, _ = _sj_counts(model, x)("layers.1")
     assert sop > 0 and ours["layers.1"]["sop"].sum() * len(x) == pytest.approx(sop)
+
+
+def test_attention_products_of_spikes_are_synaptic_ops():
+    """Any model family is counted: a spiking self-attention product q k^T with binary q (a bmm)."""
+    from bioplaus.opcount import attribute
+
+    class ToyAttention(torch.nn.Module):
+        def forward(self, q, k):
+            return q @ k.transpose(-1, -2)                  # [T*B, N, d] @ [T*B, d, N]
+
+    g = torch.Generator().manual_seed(0)
+    q = (torch.rand(2 * 3, 5, 4, generator=g) > 0.5).float()   # T=2, B=3, N=5 tokens, d=4
+    k = torch.randn(2 * 3, 5, 4, generator=g)
+    attn = ToyAttention()
+    with torch.no_grad(), OpCounter(T=2) as c, attribute(c, {"attn": attn}, time_major={"attn"}):
+        attn(q, k)
+    per_step = (q != 0).reshape(2, -1).sum(1).double() * 5         # each query spike meets N=5 keys
+    np.testing.assert_array_equal(c.counts["attn"]["ac"].numpy(), per_step.numpy())
+    assert c.counts["attn"]["mac"].sum() == 0
+
+
+def test_user_defined_preset_from_a_search_path(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "stats").mkdir()
+    (tmp_path / "stats" / "mychip.yaml").write_text(
+        "enabled: true\nn_samples: 50\nbatch_size: 50\nenergy:\n  name: mychip\n  bits: 8\n  mac_pj: 1.0\n"
+        "  ac_pj: 0.5\n  neuron_update: {macs: 0, acs: 0}\n  memory: null\n")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "bioplaus.run", f"hydra.searchpath=[file://{tmp_path}]", "stats=mychip",
+                        "trainer.epochs=1", "trainer.progress=false", f"hydra.run.dir={out}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "metrics.json").read_text())["stats"]
+    assert s["energy_pj_per_sample"] == pytest.approx(s["mac_per_sample"] * 1.0 + s["sop_per_sample"] * 0.5)
