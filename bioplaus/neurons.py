@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
-from bioplaus.kernels.leaky_scan import leaky_scan, resolve_backend
+from bioplaus.kernels.leaky_scan import BACKENDS, leaky_scan, resolve_backend
 from bioplaus.surrogate import get as get_surrogate
 
 
@@ -44,10 +44,8 @@ class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
                               f"got '{step_mode}'")
         if v_reset is not None and v_threshold <= v_reset:
             raise ConfigError(f"v_threshold ({v_threshold}) must exceed v_reset ({v_reset})")
-        try:
-            resolve_backend(backend, torch.device("cpu"))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        if backend not in ("auto", *BACKENDS):      # the device is checked when the neuron runs
+            raise ConfigError(f"unknown neuron backend '{backend}': choose one of {', '.join(['auto', *BACKENDS])}")
         spec = get_surrogate(surrogate)
         self.v_threshold, self.v_reset, self.detach_reset = float(v_threshold), v_reset, bool(detach_reset)
         self.surrogate, self.alpha = spec.name, spec.alpha if alpha is None else float(alpha)
@@ -70,10 +68,14 @@ class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
         seq = x if self.step_mode == "m" else x.unsqueeze(0)
         u0 = None if (self.step_mode == "m" or self.v is None) else self.v - self._offset
         a, b = self.coefficients()
+        try:
+            backend = resolve_backend(self.backend, x.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         s, u = leaky_scan(seq, a, b, v0=u0, threshold=self.v_threshold - self._offset,
                           reset="soft" if self.v_reset is None else "hard",
                           detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
-                          backend=self.backend)
+                          backend=backend)
         self.v = u + self._offset
         return s if self.step_mode == "m" else s[0]
 

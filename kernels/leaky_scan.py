@@ -20,14 +20,16 @@ gradient) and recomputes s and v from it (SpikingJelly's trick):
     gx_t   = gh_t * b_t,   ga += gh_t * v_{t-1},   gb += gh_t * x_t,   gv_{t-1} = gh_t * a_t
     dv/dh  = (1 - s_t) - h_t * g'   (hard),   1 - th * g'   (soft),   1  (none / detach_reset: no g' term)
 
-Backends: "torch" (this file: the reference and the CPU path) — the table `BACKENDS` names them;
-"auto" picks the best one available for the tensors' device.
+Backends, named in the table `BACKENDS`: "torch" (this file: the hand-written BPTT, the CPU path)
+and "triton" (kernels/leaky_scan_triton.py: fused forward and reverse-time backward kernels; CUDA,
+or CPU under TRITON_INTERPRET=1). "auto" picks triton on CUDA and torch elsewhere.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+from bioplaus.kernels import leaky_scan_triton
 from bioplaus.kernels.surrogate import SurrogateSpec, lookup
 from torch import Tensor
 
@@ -130,16 +132,19 @@ def _scan_torch(x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
     return LeakyScanTorch.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha)
 
 
-BACKENDS: dict[str, Callable] = {"torch": _scan_torch}
+BACKENDS: dict[str, Callable] = {"torch": _scan_torch, "triton": leaky_scan_triton.scan_triton}
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> the fastest backend that runs on `device`; otherwise check the name is known."""
+    """'auto' -> triton on CUDA (when importable), torch otherwise; a named backend is checked to be
+    known and able to run on `device` (ValueError naming the choices or the reason)."""
     if backend == "auto":
-        return "torch"
+        return "triton" if device.type == "cuda" and leaky_scan_triton.available(device) is None else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"unknown leaky_scan backend '{backend}': choose one of "
                          f"{', '.join(['auto', *BACKENDS])}")
+    if backend == "triton" and (why := leaky_scan_triton.available(device)) is not None:
+        raise ValueError(f"leaky_scan backend 'triton' cannot run on {device.type}: {why}; use backend='torch'")
     return backend
 
 

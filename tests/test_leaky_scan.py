@@ -95,3 +95,24 @@ def test_bad_arguments_name_the_problem():
         leaky_scan(x, torch.rand(4), threshold=1.0)
     with pytest.raises(ValueError, match="T >= 1"):
         leaky_scan(torch.randn(0, 3), 0.5)
+
+
+def test_triton_backend_runs_the_triton_kernels():
+    """On CPU the Triton kernels execute under the interpreter (conftest sets TRITON_INTERPRET=1)."""
+    x = torch.randn(3, 2, 5, requires_grad=True)
+    s, _ = leaky_scan(x, 0.5, threshold=0.5, backend="triton")
+    assert type(s.grad_fn).__name__.startswith("LeakyScanTriton")
+    s.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend 'triton' cannot run on cpu.*use backend='torch'"):
+        leaky_scan(torch.randn(3, 4), 0.5, backend="triton")
+
+
+def test_auto_backend_is_torch_on_cpu():
+    from bioplaus.kernels.leaky_scan import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"

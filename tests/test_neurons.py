@@ -35,9 +35,10 @@ def _compare(ours, theirs, x):
 
 @pytest.mark.parametrize("kw", CASES)
 @pytest.mark.parametrize("surrogate,alpha", [("atan", 2.0), ("sigmoid", 4.0)])
-def test_lif_matches_spikingjelly(kw, surrogate, alpha):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_lif_matches_spikingjelly(kw, surrogate, alpha, backend):
     x = torch.randn(12, 5, 37, generator=torch.Generator().manual_seed(0)) * 2
-    ours = LIFNode(surrogate=surrogate, alpha=alpha, **kw)
+    ours = LIFNode(surrogate=surrogate, alpha=alpha, backend=backend, **kw)
     theirs = sjn.LIFNode(step_mode="m", surrogate_function=SJ_SURROGATE[surrogate](alpha), **kw)
     _compare(ours, theirs, x)
 
@@ -47,9 +48,10 @@ def test_if_matches_spikingjelly():
     _compare(IFNode(), sjn.IFNode(step_mode="m", surrogate_function=sjs.ATan()), x)
 
 
-def test_plif_matches_spikingjelly_including_tau_gradient():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_plif_matches_spikingjelly_including_tau_gradient(backend):
     x = torch.randn(10, 4, 21, generator=torch.Generator().manual_seed(2)) * 2
-    ours = PLIFNode(init_tau=3.0, surrogate="sigmoid", alpha=4.0)
+    ours = PLIFNode(init_tau=3.0, surrogate="sigmoid", alpha=4.0, backend=backend)
     theirs = sjn.ParametricLIFNode(init_tau=3.0, step_mode="m", surrogate_function=sjs.Sigmoid())
     _compare(ours, theirs, x)
     assert ours.tau == pytest.approx(3.0)
