@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
-from bioplaus.kernels.leaky_scan import BACKENDS, leaky_scan, resolve_backend
+from bioplaus.kernels.leaky_scan import BACKENDS, BackendError, leaky_scan
 from bioplaus.surrogate import get as get_surrogate
 
 
@@ -69,13 +69,12 @@ class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
         u0 = None if (self.step_mode == "m" or self.v is None) else self.v - self._offset
         a, b = self.coefficients()
         try:
-            backend = resolve_backend(self.backend, x.device)
-        except ValueError as e:
+            s, u = leaky_scan(seq, a, b, v0=u0, threshold=self.v_threshold - self._offset,
+                              reset="soft" if self.v_reset is None else "hard",
+                              detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
+                              backend=self.backend)
+        except BackendError as e:
             raise ConfigError(str(e)) from None
-        s, u = leaky_scan(seq, a, b, v0=u0, threshold=self.v_threshold - self._offset,
-                          reset="soft" if self.v_reset is None else "hard",
-                          detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
-                          backend=backend)
         self.v = u + self._offset
         return s if self.step_mode == "m" else s[0]
 

@@ -20,16 +20,18 @@ gradient) and recomputes s and v from it (SpikingJelly's trick):
     gx_t   = gh_t * b_t,   ga += gh_t * v_{t-1},   gb += gh_t * x_t,   gv_{t-1} = gh_t * a_t
     dv/dh  = (1 - s_t) - h_t * g'   (hard),   1 - th * g'   (soft),   1  (none / detach_reset: no g' term)
 
-Backends, named in the table `BACKENDS`: "torch" (this file: the hand-written BPTT, the CPU path)
-and "triton" (kernels/leaky_scan_triton.py: fused forward and reverse-time backward kernels; CUDA,
-or CPU under TRITON_INTERPRET=1). "auto" picks triton on CUDA and torch elsewhere.
+Backends, named in the table `BACKENDS`: "torch" (this file: the hand-written BPTT; every case, any
+device), "cpu" (kernels/leaky_scan_cpu.py: a fused C++ loop, compiled on first use, for float32 spiking
+scans with float a and b, i.e. IF and LIF) and "triton" (kernels/leaky_scan_triton.py: fused forward
+and reverse-time backward kernels; CUDA, or CPU under TRITON_INTERPRET=1). "auto" picks triton on
+CUDA, cpu on CPU where it fits and is built, torch otherwise.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from bioplaus.kernels import leaky_scan_triton
+from bioplaus.kernels import leaky_scan_cpu, leaky_scan_triton
 from bioplaus.kernels.surrogate import SurrogateSpec, lookup
 from torch import Tensor
 
@@ -132,19 +134,33 @@ def _scan_torch(x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
     return LeakyScanTorch.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha)
 
 
-BACKENDS: dict[str, Callable] = {"torch": _scan_torch, "triton": leaky_scan_triton.scan_triton}
+BACKENDS: dict[str, Callable] = {"torch": _scan_torch, "cpu": leaky_scan_cpu.scan_cpu,
+                                  "triton": leaky_scan_triton.scan_triton}
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> triton on CUDA (when importable), torch otherwise; a named backend is checked to be
-    known and able to run on `device` (ValueError naming the choices or the reason)."""
+class BackendError(ValueError):
+    """A backend that is unknown or cannot run these arguments on this device."""
+
+
+def resolve_backend(backend: str, device: torch.device, fits_cpu: bool = False) -> str:
+    """'auto' -> triton on CUDA, the fused C++ kernel on CPU where it fits (float32 spikes, float a and
+    b: IF/LIF), else torch. A named backend is checked to be known and able to run (BackendError)."""
     if backend == "auto":
-        return "triton" if device.type == "cuda" and leaky_scan_triton.available(device) is None else "torch"
+        if device.type == "cuda" and leaky_scan_triton.available(device) is None:
+            return "triton"
+        if device.type == "cpu" and fits_cpu and leaky_scan_cpu.available() is None:
+            return "cpu"
+        return "torch"
     if backend not in BACKENDS:
-        raise ValueError(f"unknown leaky_scan backend '{backend}': choose one of "
-                         f"{', '.join(['auto', *BACKENDS])}")
+        raise BackendError(f"unknown leaky_scan backend '{backend}': choose one of {', '.join(['auto', *BACKENDS])}")
     if backend == "triton" and (why := leaky_scan_triton.available(device)) is not None:
-        raise ValueError(f"leaky_scan backend 'triton' cannot run on {device.type}: {why}; use backend='torch'")
+        raise BackendError(f"leaky_scan backend 'triton' cannot run on {device.type}: {why}; use backend='torch'")
+    if backend == "cpu":
+        if not fits_cpu:
+            raise BackendError("leaky_scan backend 'cpu' covers float32 CPU spiking scans with float a and b (IF, LIF);"
+                               " use backend='torch' for tensor decays, no threshold or other dtypes")
+        if (why := leaky_scan_cpu.available()) is not None:
+            raise BackendError(f"leaky_scan backend 'cpu' is not built ({why}); use backend='torch'")
     return backend
 
 
@@ -177,7 +193,8 @@ def leaky_scan(x: Tensor, a: Decay, b: Decay = 1.0, *, v0: Tensor | None = None,
     if v0 is not None:
         _check_param("v0", v0, x)
     spec: SurrogateSpec = lookup(surrogate)
-    fn = BACKENDS[resolve_backend(backend, x.device)]
+    fits_cpu = leaky_scan_cpu.supports(x, a, b, v0, threshold)
+    fn = BACKENDS[resolve_backend(backend, x.device, fits_cpu)]
     return fn(x.contiguous(), a, b, v0, None if threshold is None else float(threshold), reset,
               bool(detach_reset), spec, spec.alpha if alpha is None else float(alpha))
 

@@ -31,12 +31,18 @@ def _run(fn, x, a, b, v0, **kw):
     return (out, v, *torch.autograd.grad(loss, wrt))
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+FORMS = [("float", "float"), ("scalar", "float"), ("channel", "channel"), ("element", "element"),
+         ("element", "scalar")]
+MODES = ["hard", "soft", "none", "nospike", "hard-detach", "soft-detach"]
+# the fused C++ "cpu" backend covers float a and b with spikes (IF/LIF); the others cover everything
+CASES = [(be, f, m) for be in BACKENDS for f in FORMS for m in MODES
+         if be != "cpu" or (f == ("float", "float") and m != "nospike")]
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("a_form,b_form", [("float", "float"), ("scalar", "float"), ("channel", "channel"),
-                                           ("element", "element"), ("element", "scalar")])
-@pytest.mark.parametrize("mode", ["hard", "soft", "none", "nospike", "hard-detach", "soft-detach"])
-def test_matches_naive_reference(backend, shape, a_form, b_form, mode):
+@pytest.mark.parametrize("backend,forms,mode", CASES)
+def test_matches_naive_reference(backend, shape, forms, mode):
+    a_form, b_form = forms
     dtype = torch.float32
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 2).requires_grad_()
     a, b = _decay(a_form, shape, dtype), _decay(b_form, shape, dtype, lo=0.5)
@@ -74,14 +80,15 @@ def test_gradcheck_float64(reset, detach, surrogate):
         torch.testing.assert_close(o, r, atol=1e-10, rtol=1e-10)
 
 
-def test_saves_only_h_for_backward():
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_saves_only_h_for_backward(backend):
     """The BPTT keeps one [T, ...] tensor (the pre-reset membrane), not a graph of the time loop."""
     saved = []
     x = torch.randn(16, 4, 32, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        s, _ = leaky_scan(x, 0.5, 0.5, threshold=1.0)
+        s, _ = leaky_scan(x, 0.5, 0.5, threshold=1.0, backend=backend)
     big = [t for t in saved if t.numel() >= x.numel()]
-    assert len(big) == 1 and big[0].shape == x.shape
+    assert len(big) == 1 and big[0].numel() == x.numel()
     assert sum(t.numel() for t in saved) == x.numel()
 
 
@@ -112,7 +119,20 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
         leaky_scan(torch.randn(3, 4), 0.5, backend="triton")
 
 
-def test_auto_backend_is_torch_on_cpu():
+def test_auto_backend_on_cpu_is_the_fused_kernel_where_it_fits():
     from bioplaus.kernels.leaky_scan import resolve_backend
 
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu"), fits_cpu=True) == "cpu"
+    assert resolve_backend("auto", torch.device("cpu"), fits_cpu=False) == "torch"
+    x = torch.randn(4, 3, requires_grad=True)
+    s, _ = leaky_scan(x, 0.5, 0.5, threshold=0.5)                        # LIF-like: float decay, spikes
+    assert type(s.grad_fn).__name__.startswith("LeakyScanCPU")
+    s, _ = leaky_scan(x, torch.tensor(0.5, requires_grad=True), threshold=0.5)   # PLIF-like: torch path
+    assert type(s.grad_fn).__name__.startswith("LeakyScanTorch")
+
+
+def test_cpu_backend_outside_its_cases_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend 'cpu' covers float32 CPU spiking scans"):
+        leaky_scan(torch.randn(3, 4), torch.rand(4), threshold=0.5, backend="cpu")
+    with pytest.raises(ValueError, match="backend 'cpu' covers"):
+        leaky_scan(torch.randn(3, 4), 0.5, backend="cpu")                   # no threshold

@@ -35,7 +35,7 @@ def _compare(ours, theirs, x):
 
 @pytest.mark.parametrize("kw", CASES)
 @pytest.mark.parametrize("surrogate,alpha", [("atan", 2.0), ("sigmoid", 4.0)])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 def test_lif_matches_spikingjelly(kw, surrogate, alpha, backend):
     x = torch.randn(12, 5, 37, generator=torch.Generator().manual_seed(0)) * 2
     ours = LIFNode(surrogate=surrogate, alpha=alpha, backend=backend, **kw)
