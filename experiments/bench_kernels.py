@@ -2,7 +2,8 @@
 
 Workloads (fp32 on CPU; fp32 and bf16 on GPU), forward + backward of a fixed random projection:
 - lif     multi-step LIF [T, B*N]: tau 2, no input decay, hard reset, detached reset, ATan(2).
-          bioplaus (torch path; on GPU also the Triton kernels) vs SpikingJelly LIFNode 'm' (CPU: its
+          bioplaus (CPU: the fused C++ kernel and the torch path; GPU: the Triton kernels and the torch
+          path) vs SpikingJelly LIFNode 'm' (CPU: its
           torch op; GPU: SJ_LIF_CUDA_IMPLEMENTATION=triton and =torch) vs snnTorch Leaky in a loop.
 - gated   the data-dependent gated recurrence h_t = a_t * h_{t-1} + (1 - a_t) * x_t (HGRN-style)
           via leaky_scan (no spikes) vs flash-linear-attention's fused_recurrent_hgrn (GPU, if importable).
@@ -74,7 +75,7 @@ def lif_impls(device: torch.device):
     from bioplaus.neurons import LIFNode
 
     impls = {}
-    for backend in (["torch", "triton"] if device.type == "cuda" else ["torch"]):
+    for backend in (["triton", "torch"] if device.type == "cuda" else ["cpu", "torch"]):
         n = LIFNode(tau=2.0, decay_input=False, detach_reset=True, backend=backend)
         impls[f"bioplaus-{backend}"] = n
     try:
