@@ -102,7 +102,7 @@ class SpikingDense(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, neuron: dict, weight_gain: float = 3.0):
         super().__init__()
-        self.linear, self.neuron = nn.Linear(d_in, d_out), make_neuron(**neuron)
+        self.linear, self.neuron = nn.Linear(d_in, d_out), make_neuron(size=d_out, **neuron)
         nn.init.uniform_(self.linear.weight, -weight_gain * math.sqrt(3 / d_in), weight_gain * math.sqrt(3 / d_in))
 
     def forward(self, h: Tensor) -> Tensor:
@@ -120,7 +120,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.norm = nn.BatchNorm2d(c_out)
         self.spiking = neuron is not None
-        self.act = make_neuron(**neuron) if self.spiking else _activation(activation)
+        self.act = make_neuron(size=c_out, **neuron) if self.spiking else _activation(activation)
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, h: Tensor) -> Tensor:

@@ -11,6 +11,8 @@ Fire s_t = H(h_t - v_threshold) with a surrogate gradient (bioplaus.surrogate). 
 (`v_reset=0.0`, default) or soft (`v_reset=None`: v_t = h_t - v_threshold * s_t); `detach_reset`
 drops the reset's gradient path. Defaults: tau=2, v_threshold=1, v_reset=0, decay_input=True, ATan(2).
 
+GatedLIFNode adds a leak gated per element by the input itself (a_t = sigmoid(w x_t + c)).
+
 Every neuron is the kernel `bioplaus.kernels.leaky_scan` in the shifted variable u = v - v_r
 (u_h = a u + b x, hard reset u = 0, threshold v_threshold - v_r), so the CPU path is one autograd
 Function with a hand-written BPTT that saves only the pre-reset membrane h.
@@ -109,8 +111,9 @@ class LIFNode(BaseNeuron):
 class PLIFNode(BaseNeuron):
     """Parametric LIF (Fang et al. 2021): 1/tau = sigmoid(w) with w a learnable scalar."""
 
-    def __init__(self, init_tau: float = 2.0, decay_input: bool = True, **kw):
+    def __init__(self, init_tau: float = 2.0, decay_input: bool = True, tau: float | None = None, **kw):
         super().__init__(**kw)
+        init_tau = init_tau if tau is None else tau      # `tau` (the LIF config key) sets the initial value
         if init_tau <= 1.0:
             raise ConfigError(f"PLIF init_tau must be > 1 time step, got {init_tau}")
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
@@ -128,14 +131,56 @@ class PLIFNode(BaseNeuron):
         return f"tau={self.tau:.3f}, decay_input={self.decay_input}, " + super().extra_repr()
 
 
-NEURONS: dict[str, type[BaseNeuron]] = {"if": IFNode, "lif": LIFNode, "plif": PLIFNode}
+class GatedLIFNode(BaseNeuron):
+    """LIF whose leak is gated by its own input, per element and step (a data-dependent decay):
+
+        a_t = sigmoid(w * x_t + c)        w, c learnable per channel (channel = dim 2 of [T, B, C, ...])
+        h_t = a_t * v_{t-1} + (1 - a_t) * x_t
+
+    With w = 0 and c = log(init_tau - 1) it starts as LIF(tau=init_tau, decay_input). The gate's
+    gradients come from leaky_scan's per-element decay gradient."""
+
+    needs_size = True
+
+    def __init__(self, size: int, init_tau: float = 2.0, tau: float | None = None, decay_input: bool = True, **kw):
+        super().__init__(**kw)
+        init_tau = init_tau if tau is None else tau      # `tau` (the LIF config key) sets the initial value
+        if not decay_input:
+            raise ConfigError("gated LIF always gates its input by (1 - a_t): set decay_input=true")
+        if init_tau <= 1.0:
+            raise ConfigError(f"gated LIF init_tau must be > 1 time step, got {init_tau}")
+        self.w = nn.Parameter(torch.zeros(int(size)))
+        self.c = nn.Parameter(torch.full((int(size),), math.log(init_tau - 1.0)))
+        self._x: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._x = x if self.step_mode == "m" else x.unsqueeze(0)
+        try:
+            return super().forward(x)
+        finally:
+            self._x = None
+
+    def coefficients(self):
+        x = self._x
+        shape = (-1,) + (1,) * (x.dim() - 3) if x.dim() > 3 else (-1,)
+        a = torch.sigmoid(self.w.view(shape) * x + self.c.view(shape))
+        return a, 1 - a
 
 
-def make_neuron(kind: str = "lif", **kw) -> BaseNeuron:
-    """Build a neuron by name ('if', 'lif', 'plif'); unknown names and bad arguments give ConfigError."""
+NEURONS: dict[str, type[BaseNeuron]] = {"if": IFNode, "lif": LIFNode, "plif": PLIFNode, "gated_lif": GatedLIFNode}
+
+
+def make_neuron(kind: str = "lif", size: int | None = None, **kw) -> BaseNeuron:
+    """Build a neuron by name (see NEURONS); `size` (channels) goes to neurons with learnable per-channel
+    parameters. Unknown names and bad arguments give ConfigError."""
     if kind not in NEURONS:
         raise ConfigError(f"unknown neuron '{kind}': choose one of {', '.join(NEURONS)}")
+    cls = NEURONS[kind]
+    if getattr(cls, "needs_size", False):
+        if size is None:
+            raise ConfigError(f"neuron '{kind}' needs the layer width: build it with make_neuron(kind, size=...)")
+        kw["size"] = size
     try:
-        return NEURONS[kind](**kw)
+        return cls(**kw)
     except TypeError as e:
         raise ConfigError(f"neuron '{kind}': {e}") from None

@@ -89,3 +89,35 @@ def test_bad_neuron_settings_are_config_errors():
         LIFNode(backend="gpu")
     with pytest.raises(ConfigError, match="neuron 'lif'"):
         make_neuron("lif", taus=2.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gated_lif_starts_as_lif_and_its_gate_gets_the_reference_gradient(backend):
+    from bioplaus.kernels import leaky_scan_naive
+
+    x = torch.randn(7, 3, 2, 5, 4, generator=torch.Generator().manual_seed(4)) * 2     # [T, B, C, H, W]
+    n = make_neuron("gated_lif", size=2, tau=2.0, backend=backend)
+    torch.testing.assert_close(n(x), LIFNode()(x))
+    with torch.no_grad():
+        n.w.copy_(torch.tensor([0.7, -0.4]))
+    s = n(x)
+    _probe(s).backward()
+    w, c = n.w.detach().clone().requires_grad_(), n.c.detach().clone().requires_grad_()
+    a = torch.sigmoid(w.view(-1, 1, 1) * x + c.view(-1, 1, 1))
+    ref, _ = leaky_scan_naive(x, a, 1 - a, threshold=1.0, reset="hard")
+    torch.testing.assert_close(s, ref)
+    _probe(ref).backward()
+    torch.testing.assert_close(n.w.grad, w.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(n.c.grad, c.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_spiking_mlp_trains_with_gated_lif(digits):
+    from bioplaus.rules.backprop import Backprop
+
+    from bioplaus.models import SpikingMLP
+    from bioplaus.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = SpikingMLP([1, 8, 8], 10, neuron={"kind": "gated_lif", "tau": 2.0})
+    m = train(Backprop(model), digits, TrainConfig(epochs=10, progress=False))
+    assert m["test_acc"] >= 0.93 and model.layers[0].neuron.w.abs().sum() > 0      # the gate learned
