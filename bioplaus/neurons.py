@@ -53,6 +53,9 @@ class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
         self.surrogate, self.alpha = spec.name, spec.alpha if alpha is None else float(alpha)
         self.step_mode, self.backend = step_mode, backend
         self.v: Tensor | None = None
+        #: float64 [T] accumulator of spikes per step, filled inside the kernel when set (bioplaus.stats)
+        self.spike_counts: Tensor | None = None
+        self._step = 0
 
     @abc.abstractmethod
     def coefficients(self) -> tuple[float | Tensor, float | Tensor]:
@@ -65,6 +68,15 @@ class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
     def reset(self) -> None:
         """Forget the membrane state (start of a new sequence in single-step mode)."""
         self.v = None
+        self._step = 0
+
+    def _counts(self) -> Tensor | None:
+        c = self.spike_counts
+        if c is None or self.step_mode == "m":
+            return c
+        i = self._step % len(c)                      # single-step: this call's slot
+        self._step += 1
+        return c[i:i + 1]
 
     def forward(self, x: Tensor) -> Tensor:
         seq = x if self.step_mode == "m" else x.unsqueeze(0)
@@ -74,7 +86,7 @@ class BaseNeuron(nn.Module, metaclass=abc.ABCMeta):
             s, u = leaky_scan(seq, a, b, v0=u0, threshold=self.v_threshold - self._offset,
                               reset="soft" if self.v_reset is None else "hard",
                               detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
-                              backend=self.backend)
+                              backend=self.backend, counts=self._counts())
         except BackendError as e:
             raise ConfigError(str(e)) from None
         self.v = u + self._offset

@@ -54,7 +54,7 @@ class LeakyScanTorch(torch.autograd.Function):
     """Autograd Function with a hand-written BPTT; saves h only (and x when b needs a gradient)."""
 
     @staticmethod
-    def forward(ctx, x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
+    def forward(ctx, x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
         T = x.shape[0]
         a_el = isinstance(a, Tensor) and a.dim() == x.dim()
         b_el = isinstance(b, Tensor) and b.dim() == x.dim()
@@ -71,6 +71,8 @@ class LeakyScanTorch(torch.autograd.Function):
             s = (h >= threshold).to(x.dtype)
             out[t] = s
             v = h if reset == "none" else (h * (1 - s) if reset == "hard" else h - threshold * s)
+        if counts is not None and threshold is not None:
+            counts += out.reshape(T, -1).sum(1, dtype=counts.dtype)
         needs_x = isinstance(b, Tensor) and ctx.needs_input_grad[2]
         ctx.save_for_backward(hs, x if needs_x else None, *(p if isinstance(p, Tensor) else None
                                                             for p in (a, b, v0)))
@@ -127,11 +129,11 @@ class LeakyScanTorch(torch.autograd.Function):
         if need_b and not b_el:
             gb = gb.sum_to_size(b.shape)
         gv0 = gv.sum_to_size(v0.shape) if need_v0 else None
-        return gx, ga, gb, gv0, None, None, None, None, None
+        return gx, ga, gb, gv0, None, None, None, None, None, None
 
 
-def _scan_torch(x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
-    return LeakyScanTorch.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha)
+def _scan_torch(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
+    return LeakyScanTorch.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts)
 
 
 BACKENDS: dict[str, Callable] = {"torch": _scan_torch, "cpu": leaky_scan_cpu.scan_cpu,
@@ -182,8 +184,11 @@ def _check_param(name: str, p: Decay, x: Tensor) -> None:
 def leaky_scan(x: Tensor, a: Decay, b: Decay = 1.0, *, v0: Tensor | None = None,
                threshold: float | None = None, reset: str = "hard", detach_reset: bool = False,
                surrogate: str = "atan", alpha: float | None = None,
-               backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """Run the leaky recurrence over time. Returns (s or h [T, ...], v_T [...]); see module docstring."""
+               backend: str = "auto", counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Run the leaky recurrence over time. Returns (s or h [T, ...], v_T [...]); see module docstring.
+
+    counts: optional float64 tensor [T]; the number of spikes emitted at each step is added to it
+    inside the kernel (the statistics layer's spike counts at no extra pass)."""
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"leaky_scan: x must be [T, ...] with T >= 1, got shape {tuple(x.shape)}")
     if reset not in RESETS:
@@ -192,11 +197,14 @@ def leaky_scan(x: Tensor, a: Decay, b: Decay = 1.0, *, v0: Tensor | None = None,
     _check_param("b", b, x)
     if v0 is not None:
         _check_param("v0", v0, x)
+    if counts is not None and (counts.shape != (x.shape[0],) or counts.dtype != torch.float64):
+        raise ValueError(f"leaky_scan: counts must be a float64 tensor of shape [T] = [{x.shape[0]}], "
+                         f"got {counts.dtype} {tuple(counts.shape)}")
     spec: SurrogateSpec = lookup(surrogate)
     fits_cpu = leaky_scan_cpu.supports(x, a, b, v0, threshold)
     fn = BACKENDS[resolve_backend(backend, x.device, fits_cpu)]
     return fn(x.contiguous(), a, b, v0, None if threshold is None else float(threshold), reset,
-              bool(detach_reset), spec, spec.alpha if alpha is None else float(alpha))
+              bool(detach_reset), spec, spec.alpha if alpha is None else float(alpha), counts)
 
 
 def leaky_scan_naive(x: Tensor, a: Decay, b: Decay = 1.0, *, v0: Tensor | None = None,

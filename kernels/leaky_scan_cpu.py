@@ -20,6 +20,8 @@ from torch import Tensor
 _SOURCE = r"""
 #include <torch/extension.h>
 #include <algorithm>
+#include <mutex>
+#include <vector>
 #include <cmath>
 
 constexpr int64_t BLK = 512;   // elements of N per task: the block's state stays in L1 over the time loop
@@ -32,28 +34,34 @@ static inline float surrogate(float z, float alpha, int sg) {
 }
 
 std::vector<torch::Tensor> fwd(torch::Tensor x, double a, double b, torch::Tensor v0, bool has_v0,
-                               double th, int64_t reset) {
+                               double th, int64_t reset, torch::Tensor counts, bool count) {
   const int64_t T = x.size(0), N = x.numel() / T;
   auto s = torch::empty_like(x), h = torch::empty_like(x), vT = torch::empty({N}, x.options());
   const float *px = x.data_ptr<float>(); float *ps = s.data_ptr<float>(), *ph = h.data_ptr<float>();
   const float *pv0 = has_v0 ? v0.data_ptr<float>() : nullptr; float *pvT = vT.data_ptr<float>();
   const float fa = a, fb = b, fth = th;
+  double *pc = count ? counts.data_ptr<double>() : nullptr;
+  std::mutex lock;
   at::parallel_for(0, N, BLK, [&](int64_t begin, int64_t end) {
+   std::vector<double> local(count ? T : 0, 0.0);   // this task's spikes per step, added once at the end
    for (int64_t lo = begin; lo < end; lo += BLK) {
     const int64_t hi = std::min(lo + BLK, end);
     float v[BLK];                                  // this block's membranes, kept across the time loop
     for (int64_t j = 0; j < hi - lo; ++j) v[j] = has_v0 ? pv0[lo + j] : 0.f;
     for (int64_t t = 0; t < T; ++t) {              // rows of x are contiguous: the inner loop vectorises
       const float *xr = px + t * N + lo; float *hr = ph + t * N + lo, *sr = ps + t * N + lo;
+      float fired = 0.f;
       for (int64_t j = 0; j < hi - lo; ++j) {
         const float hv = fa * v[j] + fb * xr[j];
         const float sp = hv >= fth ? 1.f : 0.f;
-        hr[j] = hv; sr[j] = sp;
+        hr[j] = hv; sr[j] = sp; fired += sp;
         v[j] = reset == 0 ? hv * (1.f - sp) : (reset == 1 ? hv - fth * sp : hv);
       }
+      if (count) local[t] += fired;
     }
     for (int64_t j = 0; j < hi - lo; ++j) pvT[lo + j] = v[j];
    }
+   if (count) { std::lock_guard<std::mutex> g(lock); for (int64_t t = 0; t < T; ++t) pc[t] += local[t]; }
   });
   return {s, h, vT};
 }
@@ -125,12 +133,14 @@ def supports(x: Tensor, a, b, v0, threshold) -> bool:
 
 class LeakyScanCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
+    def forward(ctx, x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
         T = x.shape[0]
         x2 = x.reshape(T, -1).contiguous()
         v02 = None if v0 is None else v0.detach().expand(x.shape[1:]).reshape(-1).contiguous()
         s, h, vT = _MODULE.fwd(x2, float(a), float(b), v02 if v02 is not None else x2, v02 is not None,
-                               float(threshold), RESET_ID[reset])
+                               float(threshold), RESET_ID[reset],
+                               counts if counts is not None else torch.zeros(1, dtype=torch.float64),
+                               counts is not None)
         ctx.save_for_backward(h)
         ctx.cfg = (a, b, threshold, reset, detach_reset, spec, alpha, x.shape, None if v0 is None else v0.shape)
         return s.reshape(x.shape), vT.reshape(x.shape[1:])
@@ -144,8 +154,8 @@ class LeakyScanCPU(torch.autograd.Function):
         gx, gv0 = _MODULE.bwd(gs, gvt if gvt is not None else gs, gvt is not None, h, float(a), float(b),
                               float(threshold), RESET_ID[reset], bool(detach), spec.id, float(alpha))
         gv0 = gv0.reshape(shape[1:]).sum_to_size(v0_shape) if ctx.needs_input_grad[3] else None
-        return gx.reshape(shape), None, None, gv0, None, None, None, None, None
+        return gx.reshape(shape), None, None, gv0, None, None, None, None, None, None
 
 
-def scan_cpu(x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
-    return LeakyScanCPU.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha)
+def scan_cpu(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
+    return LeakyScanCPU.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts)

@@ -82,9 +82,9 @@ if triton is not None:
         return v
 
     @triton.jit
-    def _fwd_kernel(X, A, B, V0, OUT, H, VT, a_val, b_val, th, T, N,
+    def _fwd_kernel(X, A, B, V0, OUT, H, VT, C, a_val, b_val, th, T, N,
                     A_MODE: tl.constexpr, B_MODE: tl.constexpr, HAS_V0: tl.constexpr, SPIKE: tl.constexpr,
-                    RESET: tl.constexpr, BLOCK: tl.constexpr):
+                    RESET: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         if HAS_V0:
@@ -98,7 +98,10 @@ if triton is not None:
             h = a * v + b * x
             tl.store(H + t * N + offs, h.to(H.dtype.element_ty), mask=mask)
             if SPIKE:
-                tl.store(OUT + t * N + offs, (h >= th).to(OUT.dtype.element_ty), mask=mask)
+                fired = tl.where(mask, (h >= th).to(tl.float32), 0.0)
+                tl.store(OUT + t * N + offs, fired.to(OUT.dtype.element_ty), mask=mask)
+                if COUNT:
+                    tl.atomic_add(C + t, tl.sum(fired, axis=0).to(tl.float64))
             v = _reset(h, th, SPIKE, RESET)
         tl.store(VT + offs, v.to(VT.dtype.element_ty), mask=mask)
 
@@ -184,7 +187,7 @@ class LeakyScanTriton(torch.autograd.Function):
     """Forward and backward as Triton kernels; saves h (and x when b needs a gradient)."""
 
     @staticmethod
-    def forward(ctx, x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
+    def forward(ctx, x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
         T, N = x.shape[0], x[0].numel()
         x2 = x.reshape(T, N).contiguous()
         a_mode, a2, a_val = _as_operand(a, x)
@@ -198,8 +201,9 @@ class LeakyScanTriton(torch.autograd.Function):
         dummy = x2
         _fwd_kernel[(triton.cdiv(N, block),)](
             x2, a2 if a2 is not None else dummy, b2 if b2 is not None else dummy, v02 if v02 is not None else dummy,
-            out, h, vT, a_val, b_val, float(threshold or 0.0), T, N,
-            A_MODE=a_mode, B_MODE=b_mode, HAS_V0=v02 is not None, SPIKE=spike, RESET=RESET_ID[reset], BLOCK=block)
+            out, h, vT, counts if counts is not None else vT, a_val, b_val, float(threshold or 0.0), T, N,
+            A_MODE=a_mode, B_MODE=b_mode, HAS_V0=v02 is not None, SPIKE=spike, RESET=RESET_ID[reset],
+            COUNT=counts is not None and spike, BLOCK=block)
         needs_x = isinstance(b, Tensor) and ctx.needs_input_grad[2]
         ctx.save_for_backward(h, x2 if needs_x else None, a2, b2, v02)
         ctx.cfg = (threshold, reset, detach_reset, spec, alpha, a_mode, b_mode, a_val, b_val, x.shape,
@@ -238,8 +242,8 @@ class LeakyScanTriton(torch.autograd.Function):
         gv0_out = gv0.reshape(shape[1:]).sum_to_size(v0_shape) if ctx.needs_input_grad[3] else None
         dt = h.dtype
         return (gx.reshape(shape), None if ga_out is None else ga_out.to(dt), None if gb_out is None else gb_out.to(dt),
-                None if gv0_out is None else gv0_out.to(dt), None, None, None, None, None)
+                None if gv0_out is None else gv0_out.to(dt), None, None, None, None, None, None)
 
 
-def scan_triton(x, a, b, v0, threshold, reset, detach_reset, spec, alpha):
-    return LeakyScanTriton.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha)
+def scan_triton(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
+    return LeakyScanTriton.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts)

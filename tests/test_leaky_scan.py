@@ -136,3 +136,13 @@ def test_cpu_backend_outside_its_cases_is_a_clear_error():
         leaky_scan(torch.randn(3, 4), torch.rand(4), threshold=0.5, backend="cpu")
     with pytest.raises(ValueError, match="backend 'cpu' covers"):
         leaky_scan(torch.randn(3, 4), 0.5, backend="cpu")                   # no threshold
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_in_kernel_spike_counts_equal_the_spikes(backend):
+    x = torch.randn(6, 3, 1000, generator=torch.Generator().manual_seed(5)) * 2   # N > one Triton block
+    counts = torch.full((6,), 10.0, dtype=torch.float64)                         # counts accumulate
+    s, _ = leaky_scan(x, 0.5, 0.5, threshold=0.5, backend=backend, counts=counts)
+    torch.testing.assert_close(counts, 10 + s.reshape(6, -1).sum(1).double())
+    with pytest.raises(ValueError, match="counts must be a float64 tensor of shape"):
+        leaky_scan(x, 0.5, threshold=0.5, counts=torch.zeros(6))

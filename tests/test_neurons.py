@@ -121,3 +121,17 @@ def test_spiking_mlp_trains_with_gated_lif(digits):
     model = SpikingMLP([1, 8, 8], 10, neuron={"kind": "gated_lif", "tau": 2.0})
     m = train(Backprop(model), digits, TrainConfig(epochs=10, progress=False))
     assert m["test_acc"] >= 0.93 and model.layers[0].neuron.w.abs().sum() > 0      # the gate learned
+
+
+@pytest.mark.parametrize("cls", [LIFNode, PLIFNode])
+def test_spike_counts_accumulate_in_kernel_in_both_step_modes(cls):
+    x = torch.randn(5, 4, 9, generator=torch.Generator().manual_seed(6)) * 2
+    multi, single = cls(), cls(step_mode="s")
+    multi.spike_counts = torch.zeros(5, dtype=torch.float64)
+    single.spike_counts = torch.zeros(5, dtype=torch.float64)
+    s = multi(x)
+    for t in range(5):
+        single(x[t])
+    expected = s.reshape(5, -1).sum(1).double()
+    torch.testing.assert_close(multi.spike_counts, expected)
+    torch.testing.assert_close(single.spike_counts, expected)

@@ -22,6 +22,7 @@ Memory accesses (a simple, stated model): one weight read per op (sop + mac) fro
 layer's weights; each input element read once per step; each output element written once per step;
 membrane state read and written once per update. Every word is `energy.bits` wide.
 
+Spikes are counted inside the neuron kernels (leaky_scan's `counts`), at no extra pass over the spikes.
 Ops are counted by `bioplaus.opcount.OpCounter` (every matmul/conv aten op, attributed to the layer
 whose forward ran it), so any model family is covered without per-layer code.
 """
@@ -54,15 +55,12 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
     T = int(getattr(model, "T", 1)) if spiking else 1
     time_layers = {n for n in layers if n != "head"} if spiking else set()
     rec: dict[str, dict] = {n: {"params": sum(p.numel() for p in m.parameters())} for n, m in layers.items()}
-    spikes: dict[str, np.ndarray] = {}
     hooks = []
+    neurons: dict[str, list[BaseNeuron]] = {}
 
-    def spike_hook(name):
-        def hook(mod, inp, s):
-            s = s if mod.step_mode == "m" else s.unsqueeze(0)
-            counts = s.reshape(s.shape[0], -1).sum(1).double().cpu().numpy()
-            spikes[name] = spikes.get(name, 0) + counts
-            rec[name]["n_neurons"] = int(s[0, 0].numel())
+    def neuron_hook(name):
+        def hook(mod, inp, s):          # spikes are counted inside the kernel; here only the layer's size
+            rec[name]["n_neurons"] = int(s[0, 0].numel() if mod.step_mode == "m" else s[0].numel())
         return hook
 
     def size_hook(name):
@@ -71,22 +69,28 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
             rec[name]["out_size"] = int(out[0, 0].numel() if name in time_layers else out[0].numel())
         return hook
 
+    device = next(model.parameters()).device
     for mname, mod in model.named_modules():
         owner = _owner(mname, layers)
         if owner is not None and isinstance(mod, BaseNeuron):
-            hooks.append(mod.register_forward_hook(spike_hook(owner)))
+            neurons.setdefault(owner, []).append(mod)
+            mod.spike_counts = torch.zeros(T, dtype=torch.float64, device=device)
+            hooks.append(mod.register_forward_hook(neuron_hook(owner)))
     hooks += [m.register_forward_hook(size_hook(n)) for n, m in layers.items()]
     counter = OpCounter(T=T, weights=model.parameters())
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     try:
         with attribute(counter, layers, time_major=time_layers), counter:
             for i in range(0, len(x), batch_size):
                 model(x[i:i + batch_size].to(device))
+        spikes = {name: sum(m.spike_counts.cpu().numpy() for m in mods) for name, mods in neurons.items()}
     finally:
         for h in hooks:
             h.remove()
+        for mods in neurons.values():
+            for m in mods:
+                m.spike_counts = None
         model.train(was_training)
     n = max(len(x), 1)
     for name, r in rec.items():
