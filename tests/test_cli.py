@@ -56,7 +56,7 @@ def _plugin(tmp_path):
 
 
 ERRORS = [
-    (["rule=backpropp"], "unknown rule 'backpropp': choose one of backprop, readout_only"),
+    (["rule=backpropp"], "unknown rule 'backpropp': choose one of "),
     (["model=mlp,transformer"], "unknown model 'transformer'"),
     (["data=cifar"], "unknown data 'cifar'"),
     (["stats=fp64_45nm"], "unknown stats 'fp64_45nm': choose one of fp16_45nm, fp32_45nm, int8_45nm"),
