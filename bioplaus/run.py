@@ -114,7 +114,8 @@ def run(cfg, out_dir: str | Path) -> dict:
     metrics["train_energy_pj_per_step"] = train_cost["energy_pj_per_step"]
     if cfg.stats.enabled:
         n = cfg.stats.n_samples or len(data.x_test)
-        layers = stats_mod.collect(model, data.x_test[:n], energy, batch_size=int(cfg.stats.batch_size))
+        layers = stats_mod.collect(model, data.x_test[:n], energy, batch_size=int(cfg.stats.batch_size),
+                                   rule=rule)
         summary = {**stats_mod.summary(layers), "train_mac_per_step": train_cost["mac_per_step"],
                    "train_ac_per_step": train_cost["ac_per_step"],
                    "train_energy_pj_per_step": train_cost["energy_pj_per_step"]}

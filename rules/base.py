@@ -48,6 +48,12 @@ class LearningRule(nn.Module, metaclass=abc.ABCMeta):
         """Logits [B, n_classes]. Rules with a special inference procedure override this."""
         return self.model(x)
 
+    def inference_layers(self) -> dict[str, nn.Module]:
+        """The modules `predict` runs, by name, for the statistics layer's per-layer account of inference
+        (ops run outside them are reported as "other"). Default: the model's layers and head. Rules that
+        infer through their own networks (NoProp's denoising blocks) override this."""
+        return {**{f"layers.{i}": m for i, m in enumerate(self.model.layers)}, "head": self.model.head}
+
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """Called after each epoch's evaluation; return True if the parameter set changed."""
         return False

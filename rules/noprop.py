@@ -211,6 +211,17 @@ class NoProp(LearningRule):
             return self.classifier(z)
         return -torch.cdist(z, self.embed.weight).pow(2)
 
+    def inference_layers(self) -> dict[str, nn.Module]:
+        """Statistics: inference runs the denoising blocks (DT: each once; CT/FM: the one network's latent
+        MLP `inference_steps` times) and the classifier, not model.head."""
+        out: dict[str, nn.Module] = {}
+        for i, b in enumerate(self.blocks):        # the image path runs via block.features, outside forward
+            parts = {"image": b.image, "latent": b.latent, "time": b.time, "fuse": b.fuse}
+            out.update({f"blocks.{i}.{k}": m for k, m in parts.items() if m is not None})
+        if self.classifier is not None:
+            out["classifier"] = self.classifier
+        return out
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         return self.readout(deque(self.chain(x), maxlen=1)[0])     # keeps only the last z

@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import pytest
 
 RUN = [sys.executable, "-m", "bioplaus.run"]
 COMPARE = [sys.executable, "-m", "bioplaus.compare"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def sh(cmd, **kw):
@@ -91,9 +93,10 @@ def test_multirun_writes_and_prints_the_comparison(tmp_path):
     table = (sweep / "comparison.md").read_text()
     assert table in r.stdout
     rows = [line for line in table.splitlines() if line.startswith("| digits")]
-    assert len(rows) == 4 and sum("readout_only" in row for row in rows) == 2
+    arms = (CONFIGS / "experiment" / "quickstart.yaml").read_text().split("+arm:")[1].split()[0].split(",")
+    assert len(rows) == len(arms) >= 10 and sum("readout_only" in row for row in rows) == 2
     csv = (sweep / "comparison.csv").read_text().splitlines()
-    assert csv[0].startswith("data,model,rule,seeds,test_acc") and len(csv) == 5
+    assert csv[0].startswith("data,model,rule,seeds,test_acc") and len(csv) == len(arms) + 1
     assert "energy_uj_per_sample" in csv[0] and "energy/sample (µJ)" in table
     assert (sweep / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     (sweep / "comparison.md").unlink()

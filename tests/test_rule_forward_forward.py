@@ -176,18 +176,40 @@ def test_constructs_and_fills_finite_grads(make_model, inference, digits):
     assert torch.equal(out, rule.predict(x))
 
 
-CONV_MODELS = [partial(ConvNet, channels=[4, 8]), partial(SpikingConvNet, channels=[4, 8], T=2)]
+def test_spiking_convnet_is_refused_with_the_supported_models():
+    with pytest.raises(UnsupportedModelError, match="it supports MLP, ConvNet, SpikingMLP"):
+        ForwardForward(SpikingConvNet([1, 8, 8], 10, channels=[4, 8], T=2))
 
 
-@pytest.mark.parametrize("make_model", CONV_MODELS, ids=["convnet", "spiking_convnet"])
-def test_conv_models_are_refused_with_the_reason(make_model):
-    with pytest.raises(UnsupportedModelError, match="it supports MLP, SpikingMLP; pick one .*receptive fields"):
-        ForwardForward(make_model([1, 8, 8], 10))
+def test_convnet_label_is_a_whole_image_pattern(digits):
+    """On conv models the label is spread over every pixel (x + v P_y, v = rms(x)), so every receptive field
+    sees it; the corner embedding would leave all but the top-left fields label-blind."""
+    rule = ForwardForward(ConvNet([1, 8, 8], 10, channels=[4, 8]))
+    assert rule.label_embedding == "pattern" and rule.patterns.shape == (10, 1, 8, 8)
+    assert set(rule.patterns.unique().tolist()) == {-1.0, 1.0}
+    x = digits.x_train[:4]
+    y = torch.tensor([0, 1, 2, 3])
+    diff = rule.embed(x, y) - x
+    rms = x.flatten(1).pow(2).mean(1).sqrt()
+    assert torch.allclose(diff.abs().flatten(1), rms[:, None].expand(-1, 64))        # every pixel carries it
+    assert torch.allclose(diff / rms.view(-1, 1, 1, 1), rule.patterns[y])
+    neutral = rule.embed(x, None) - x
+    assert torch.allclose(neutral / rms.view(-1, 1, 1, 1), rule.patterns.mean(0).expand_as(x))
+    clone = ForwardForward(ConvNet([1, 8, 8], 10, channels=[4, 8]))       # patterns are seeded and checkpointed
+    assert torch.equal(clone.patterns, rule.patterns) and "patterns" in rule.state_dict()
+
+
+def test_convnet_learns_digits_above_chance(digits):
+    torch.manual_seed(0)
+    rule = ForwardForward(ConvNet([1, 8, 8], 10))
+    m = train(rule, digits, TrainConfig(epochs=12, progress=False), seed=0)
+    assert m["test_acc"] >= 0.85, m["test_acc"]          # 30 epochs (the CLI default budget): 0.939
 
 
 @pytest.mark.parametrize("bad", [{"loss": "hinge"}, {"mode": "greedy"}, {"inference": "softmax"}, {"alpha": 0},
                                  {"n_negatives": 10}, {"label_value": 0}, {"epochs_per_layer": 0},
-                                 {"negatives": "mined"}, {"goodness": "max"}])
+                                 {"negatives": "mined"}, {"goodness": "max"},
+                                 {"label_embedding": "diagonal"}])
 def test_bad_hyperparameters_name_the_fix(bad):
     with pytest.raises(ConfigError, match="rule."):
         ForwardForward(MLP([1, 8, 8], 10), **bad)

@@ -7,21 +7,58 @@ import pytest
 import torch
 from bioplaus.rules.backprop import Backprop
 from bioplaus.rules.base import LearningRule
+from bioplaus.rules.counter_current import CounterCurrent
+from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment, FeedbackAlignment, SignSymmetry
+from bioplaus.rules.forward_forward import ForwardForward
+from bioplaus.rules.noprop import NoProp
 from bioplaus.rules.readout_only import ReadoutOnly
 
 from bioplaus.data import fashion
-from bioplaus.errors import UnsupportedModelError
+from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
 from bioplaus.train import TrainConfig, train
 
-RULES = [Backprop, ReadoutOnly]
-MODELS = [partial(MLP, hidden=[32, 16]), partial(ConvNet, channels=[4, 8]),
-          partial(SpikingMLP, hidden=[32, 16], T=3), partial(SpikingConvNet, channels=[4, 8], T=2)]
+# Every rule (and every variant with its own code path), small enough for a contract check.
+RULES = {
+    "backprop": Backprop, "readout_only": ReadoutOnly,
+    "fa": FeedbackAlignment, "dfa": DirectFeedbackAlignment, "sign_symmetry": SignSymmetry,
+    "sign_symmetry_frsf": partial(SignSymmetry, mode="frsf"), "sign_symmetry_brsf": partial(SignSymmetry, mode="brsf"),
+    "ccl": CounterCurrent, "ccl_autoencode": partial(CounterCurrent, task="autoencode"),
+    "noprop_dt": partial(NoProp, T=3, width=16), "noprop_ct": partial(NoProp, variant="ct", width=16,
+                                                                       inference_steps=4),
+    "noprop_fm": partial(NoProp, variant="fm", width=16, inference_steps=4),
+    "noprop_learned": partial(NoProp, T=2, width=16, embedding="learned"),
+    "ff": ForwardForward, "ff_readout": partial(ForwardForward, inference="readout"),
+}
+MODELS = {"MLP": partial(MLP, hidden=[32, 16]), "ConvNet": partial(ConvNet, channels=[4, 8]),
+          "SpikingMLP": partial(SpikingMLP, hidden=[32, 16], T=3),
+          "SpikingConvNet": partial(SpikingConvNet, channels=[4, 8], T=2)}
 
 
-@pytest.mark.parametrize("rule_cls", RULES)
-@pytest.mark.parametrize("make_model", MODELS, ids=["mlp", "convnet", "spiking_mlp", "spiking_convnet"])
-def test_contract(rule_cls, make_model, digits):
+def _rule_class(make_rule):
+    return make_rule.func if isinstance(make_rule, partial) else make_rule
+
+
+# Variants that refuse a model their class supports (checked with the variant's own message).
+VARIANT_REFUSES = {("ccl_autoencode", "SpikingMLP"): "rule.task=autoencode supports MLP and ConvNet"}
+
+
+def _pairs(supported: bool):
+    """(rule id, model id) pairs the rule declares it supports (or refuses, with supported=False)."""
+    out = []
+    for r, make_rule in RULES.items():
+        allowed = _rule_class(make_rule).supported_models
+        for m in MODELS:
+            ok = (allowed is None or m in allowed) and (r, m) not in VARIANT_REFUSES
+            if ok == supported:
+                out.append(pytest.param(r, m, id=f"{r}-{m}"))
+    return out
+
+
+@pytest.mark.parametrize("rule_id,model_id", _pairs(supported=True))
+def test_contract(rule_id, model_id, digits):
+    """Fills .grad only for its own parameters, never steps, state_dict round-trips, predict is [B, C]."""
+    rule_cls, make_model = RULES[rule_id], MODELS[model_id]
     torch.manual_seed(0)
     rule = rule_cls(make_model([1, 8, 8], 10))
     x, y = digits.x_train[:16], digits.y_train[:16]
@@ -49,6 +86,16 @@ def test_contract(rule_cls, make_model, digits):
     torch.manual_seed(1)
     assert p1.shape == (16, 10) and torch.equal(p1, clone.predict(x))
     assert not p1.requires_grad
+
+
+@pytest.mark.parametrize("rule_id,model_id", _pairs(supported=False))
+def test_refused_models_get_one_clear_error(rule_id, model_id):
+    if (rule_id, model_id) in VARIANT_REFUSES:
+        with pytest.raises(ConfigError, match=VARIANT_REFUSES[rule_id, model_id]):
+            RULES[rule_id](MODELS[model_id]([1, 8, 8], 10))
+        return
+    with pytest.raises(UnsupportedModelError, match=f"cannot train model {model_id}: it supports"):
+        RULES[rule_id](MODELS[model_id]([1, 8, 8], 10))
 
 
 def test_readout_only_trains_only_the_head(digits):

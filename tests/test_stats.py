@@ -220,3 +220,31 @@ def test_user_defined_preset_from_a_search_path(tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "metrics.json").read_text())["stats"]
     assert s["energy_pj_per_sample"] == pytest.approx(s["mac_per_sample"] * 1.0 + s["sop_per_sample"] * 0.5)
+
+
+def test_inference_account_follows_the_rules_own_inference(digits):
+    """With the rule, collect counts what rule.predict runs: FF's goodness inference is C label passes
+    through the same layers; NoProp's is its T denoising blocks and classifier, not model.head."""
+    from bioplaus.rules.backprop import Backprop
+    from bioplaus.rules.forward_forward import ForwardForward
+    from bioplaus.rules.noprop import NoProp
+
+    x = digits.x_test[:8]
+    torch.manual_seed(0)
+    model = MLP([1, 8, 8], 10, hidden=[16, 12])
+    plain = stats.collect(model, x, COMPUTE_ONLY)
+    assert stats.collect(model, x, COMPUTE_ONLY, rule=Backprop(model))["layers.0"]["mac"].sum() == 64 * 16
+    ff = stats.collect(model, x, COMPUTE_ONLY, rule=ForwardForward(model))
+    for name in ("layers.0", "layers.1"):
+        assert ff[name]["mac"].sum() == 10 * plain[name]["mac"].sum()          # one pass per candidate label
+    assert ff["head"]["mac"].sum() == 0                                       # goodness inference skips the head
+    noprop = stats.collect(MLP([1, 8, 8], 10, hidden=[16, 12]), x, COMPUTE_ONLY,
+                           rule=NoProp(MLP([1, 8, 8], 10, hidden=[16, 12]), T=3, width=8))
+    assert set(noprop) == {f"blocks.{i}.{p}" for i in range(3) for p in ("image", "latent", "fuse")} | {"classifier",
+                                                                                                 "other"}
+    assert noprop["other"]["mac"].sum() == 3 * 10 * 10        # û_t = softmax(logits) @ W_embed, outside the blocks
+    for i in range(3):                                  # every block's image path and latent MLP run once
+        assert noprop[f"blocks.{i}.image"]["mac"].sum() == 64 * 16 + 16 * 12 + 12 * 8
+        # z_0 = 0 (no inference noise): block 0's first latent FC meets an all-zero input, which costs nothing
+        assert noprop[f"blocks.{i}.latent"]["mac"].sum() == (10 * 8 if i else 0) + 8 * 8
+    assert noprop["classifier"]["mac"].sum() == 10 * 10

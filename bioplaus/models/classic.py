@@ -6,6 +6,7 @@ Every model has the same skeleton so layer-local rules can work on any of them:
     h_l = model.layers[l-1](h_{l-1})    static: [B, ...];  spiking: spikes [T, B, ...] (time-major)
     logits = model.head(h_L)            [B, n_classes]; the head pools first: model.pool(h) -> [B, D]
 
+`model.in_shape` is the input shape of one sample (without the batch axis).
 `model.dims[l]` is the pooled width of h_{l+1} (what `pool` returns), so a rule can attach its own
 per-layer classifiers or feedback weights. Spiking models read out the time-average of a linear
 head on the spikes (logits = mean_t W s_t + c).
@@ -144,6 +145,7 @@ class MLP(Layered):
     def __init__(self, in_shape: Sequence[int], n_classes: int, hidden: Sequence[int] = (256, 256),
                  activation: str = "relu"):
         super().__init__()
+        self.in_shape = tuple(int(d) for d in in_shape)
         widths = [_flat(in_shape), *_check_widths("hidden", hidden)]
         self.layers = nn.ModuleList(Dense(i, o, activation) for i, o in zip(widths, widths[1:]))
         self.dims, self.n_classes = widths[1:], int(n_classes)
@@ -172,6 +174,7 @@ class ConvNet(Layered):
     def __init__(self, in_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (16, 32),
                  activation: str = "relu"):
         super().__init__()
+        self.in_shape = tuple(int(d) for d in in_shape)
         chans = _check_widths("channels", channels)
         c, self.dims = _conv_dims(in_shape, chans)
         self.layers = nn.ModuleList(ConvBlock(i, o, activation) for i, o in zip([c, *chans], chans))
@@ -200,6 +203,7 @@ class SpikingMLP(_Spiking):
                  T: int = 8, encoding: str = "direct", neuron: dict | None = None, weight_gain: float = 3.0):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
+        self.in_shape = tuple(int(d) for d in in_shape)
         widths = [_flat(in_shape), *_check_widths("hidden", hidden)]
         self.layers = nn.ModuleList(SpikingDense(i, o, nrn, weight_gain) for i, o in zip(widths, widths[1:]))
         self.dims, self.n_classes = widths[1:], int(n_classes)
@@ -215,6 +219,7 @@ class SpikingConvNet(_Spiking):
                  T: int = 4, encoding: str = "direct", neuron: dict | None = None):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
+        self.in_shape = tuple(int(d) for d in in_shape)
         chans = _check_widths("channels", channels)
         c, self.dims = _conv_dims(in_shape, chans)
         self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn) for i, o in zip([c, *chans], chans))

@@ -22,6 +22,10 @@ Memory accesses (a simple, stated model): one weight read per op (sop + mac) fro
 layer's weights; each input element read once per step; each output element written once per step;
 membrane state read and written once per update. Every word is `energy.bits` wide.
 
+Given the rule (`collect(model, x, energy, rule=rule)`, what `bioplaus-run` does), the account follows
+the rule's own inference (`rule.predict`, per `rule.inference_layers()`): Forward-Forward's goodness
+inference runs C label passes, NoProp's runs its T denoising blocks, and both cost what they cost.
+
 Spikes are counted inside the neuron kernels (leaky_scan's `counts`), at no extra pass over the spikes.
 Ops are counted by `bioplaus.opcount.OpCounter` (every matmul/conv aten op, attributed to the layer
 whose forward ran it), so any model family is covered without per-layer code.
@@ -43,47 +47,69 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _owner(name: str, layer_names) -> str | None:
-    return next((ln for ln in layer_names if name == ln or name.startswith(ln + ".")), None)
+def _first_tensor(obj):
+    """The first tensor in a module's input tuple or output (blocks may take several inputs)."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return next((t for t in (_first_tensor(o) for o in obj) if t is not None), None)
+    return None
+
+
+def _per_sample(t, time_major: bool) -> int:
+    if t is None or t.dim() == 0:
+        return 0
+    return int(t[0, 0].numel() if time_major and t.dim() > 1 else t[0].numel())
 
 
 @torch.no_grad()
-def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: int = 500) -> dict[str, dict]:
-    """Per-layer statistics per inference sample over x [N, ...] (see module docstring)."""
-    layers = _layers(model)
+def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: int = 500,
+            rule: nn.Module | None = None) -> dict[str, dict]:
+    """Per-layer statistics per inference sample over x [N, ...] (see module docstring).
+
+    Without `rule`: runs model(x) and reports model.layers and model.head. With a rule: runs rule.predict(x)
+    (its real inference: C goodness passes for Forward-Forward, the denoising chain for NoProp) and reports
+    rule.inference_layers(); ops run outside those modules are reported under "other"."""
+    layers = rule.inference_layers() if rule is not None else _layers(model)
     spiking = bool(getattr(model, "spiking", False))
     T = int(getattr(model, "T", 1)) if spiking else 1
-    time_layers = {n for n in layers if n != "head"} if spiking else set()
+    in_model = {id(m) for m in model.layers}
+    time_layers = {n for n, m in layers.items() if id(m) in in_model} if spiking else set()
     rec: dict[str, dict] = {n: {"params": sum(p.numel() for p in m.parameters())} for n, m in layers.items()}
     hooks = []
     neurons: dict[str, list[BaseNeuron]] = {}
+    sizes: dict[str, dict[int, int]] = {}   # layer -> {id(neuron): neurons per sample}; a block may hold several
 
     def neuron_hook(name):
         def hook(mod, inp, s):          # spikes are counted inside the kernel; here only the layer's size
-            rec[name]["n_neurons"] = int(s[0, 0].numel() if mod.step_mode == "m" else s[0].numel())
+            sizes.setdefault(name, {})[id(mod)] = int(s[0, 0].numel() if mod.step_mode == "m" else s[0].numel())
+            rec[name]["n_neurons"] = sum(sizes[name].values())
         return hook
 
     def size_hook(name):
         def hook(mod, inp, out):         # spiking models: every layer's input is [T, B, ...], the head's output not
-            rec[name]["in_size"] = int(inp[0][0, 0].numel() if spiking else inp[0][0].numel())
-            rec[name]["out_size"] = int(out[0, 0].numel() if name in time_layers else out[0].numel())
+            rec[name]["in_size"] = _per_sample(_first_tensor(inp), spiking and name in time_layers | {"head"})
+            rec[name]["out_size"] = _per_sample(_first_tensor(out), name in time_layers)
         return hook
 
     device = next(model.parameters()).device
-    for mname, mod in model.named_modules():
-        owner = _owner(mname, layers)
-        if owner is not None and isinstance(mod, BaseNeuron):
-            neurons.setdefault(owner, []).append(mod)
-            mod.spike_counts = torch.zeros(T, dtype=torch.float64, device=device)
-            hooks.append(mod.register_forward_hook(neuron_hook(owner)))
+    for name, layer in layers.items():
+        for mod in layer.modules():
+            if isinstance(mod, BaseNeuron):
+                neurons.setdefault(name, []).append(mod)
+                mod.spike_counts = torch.zeros(T, dtype=torch.float64, device=device)
+                hooks.append(mod.register_forward_hook(neuron_hook(name)))
     hooks += [m.register_forward_hook(size_hook(n)) for n, m in layers.items()]
-    counter = OpCounter(T=T, weights=model.parameters())
-    was_training = model.training
-    model.eval()
+    net = rule if rule is not None else model
+    weights = list(net.parameters()) + list(net.buffers())
+    counter = OpCounter(T=T, weights=weights)
+    forward = rule.predict if rule is not None else model
+    was_training = net.training
+    net.eval()
     try:
         with attribute(counter, layers, time_major=time_layers), counter:
             for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size].to(device))
+                forward(x[i:i + batch_size].to(device))
         spikes = {name: sum(m.spike_counts.cpu().numpy() for m in mods) for name, mods in neurons.items()}
     finally:
         for h in hooks:
@@ -91,7 +117,10 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
         for mods in neurons.values():
             for m in mods:
                 m.spike_counts = None
-        model.train(was_training)
+        net.train(was_training)
+    other = counter.counts.get("other")
+    if other is not None and float(other["mac"].sum() + other["ac"].sum()) > 0:
+        rec["other"] = {"params": 0}
     n = max(len(x), 1)
     for name, r in rec.items():
         steps = T if name in time_layers else 1
