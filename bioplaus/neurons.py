@@ -183,11 +183,15 @@ NEURONS: dict[str, type[BaseNeuron]] = {"if": IFNode, "lif": LIFNode, "plif": PL
 
 
 def make_neuron(kind: str = "lif", size: int | None = None, **kw) -> BaseNeuron:
-    """Build a neuron by name (see NEURONS); `size` (channels) goes to neurons with learnable per-channel
+    """Build a neuron by name (see NEURONS, and the SpikingJelly / snnTorch adapters in
+    `bioplaus.neuron_adapters.ADAPTERS`); `size` (channels) goes to neurons with learnable per-channel
     parameters. Unknown names and bad arguments give ConfigError."""
-    if kind not in NEURONS:
-        raise ConfigError(f"unknown neuron '{kind}': choose one of {', '.join(NEURONS)}")
-    cls = NEURONS[kind]
+    from bioplaus.neuron_adapters import ADAPTERS
+
+    kinds = {**NEURONS, **ADAPTERS}
+    if kind not in kinds:
+        raise ConfigError(f"unknown neuron '{kind}': choose one of {', '.join(kinds)}")
+    cls = kinds[kind]
     if getattr(cls, "needs_size", False):
         if size is None:
             raise ConfigError(f"neuron '{kind}' needs the layer width: build it with make_neuron(kind, size=...)")
