@@ -215,8 +215,10 @@ class NoProp(LearningRule):
         """Statistics: inference runs the denoising blocks (DT: each once; CT/FM: the one network's latent
         MLP `inference_steps` times) and the classifier, not model.head."""
         out: dict[str, nn.Module] = {}
-        for i, b in enumerate(self.blocks):        # the image path runs via block.features, outside forward
-            parts = {"image": b.image, "latent": b.latent, "time": b.time, "fuse": b.fuse}
+        for i, b in enumerate(self.blocks):        # the image path runs via block.features, outside forward;
+            # one entry per weight layer, so the memory model prices each weight buffer by its own size
+            parts = {**{f"image.layers.{j}": m for j, m in enumerate(b.image.layers)}, "image.fc": b.image.fc,
+                     "latent": b.latent, "time": b.time, "fuse": b.fuse}
             out.update({f"blocks.{i}.{k}": m for k, m in parts.items() if m is not None})
         if self.classifier is not None:
             out["classifier"] = self.classifier

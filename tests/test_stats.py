@@ -240,11 +240,12 @@ def test_inference_account_follows_the_rules_own_inference(digits):
     assert ff["head"]["mac"].sum() == 0                                       # goodness inference skips the head
     noprop = stats.collect(MLP([1, 8, 8], 10, hidden=[16, 12]), x, COMPUTE_ONLY,
                            rule=NoProp(MLP([1, 8, 8], 10, hidden=[16, 12]), T=3, width=8))
-    assert set(noprop) == {f"blocks.{i}.{p}" for i in range(3) for p in ("image", "latent", "fuse")} | {"classifier",
-                                                                                                 "other"}
+    parts = ("image.layers.0", "image.layers.1", "image.fc", "latent", "fuse")
+    assert set(noprop) == {f"blocks.{i}.{p}" for i in range(3) for p in parts} | {"classifier", "other"}
     assert noprop["other"]["mac"].sum() == 3 * 10 * 10        # û_t = softmax(logits) @ W_embed, outside the blocks
     for i in range(3):                                  # every block's image path and latent MLP run once
-        assert noprop[f"blocks.{i}.image"]["mac"].sum() == 64 * 16 + 16 * 12 + 12 * 8
+        image = sum(noprop[f"blocks.{i}.{p}"]["mac"].sum() for p in parts[:3])
+        assert image == 64 * 16 + 16 * 12 + 12 * 8 and noprop[f"blocks.{i}.image.fc"]["params"] == 12 * 8 + 8
         # z_0 = 0 (no inference noise): block 0's first latent FC meets an all-zero input, which costs nothing
         assert noprop[f"blocks.{i}.latent"]["mac"].sum() == (10 * 8 if i else 0) + 8 * 8
     assert noprop["classifier"]["mac"].sum() == 10 * 10
