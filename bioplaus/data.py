@@ -6,6 +6,10 @@
   `dataset-fashion-mnist` -> /usr/share/datasets/fashion-mnist), pixels/255, x [N, 1, 28, 28].
   The Fashion-10k protocol is n_train=10000 (the first 10k training images), full test set.
 - `mnist(root, ...)`: MNIST from local IDX files in the same format (no default location).
+- sequence data (character text, multi-query associative recall, patch sequences): `bioplaus.seqdata`.
+
+Tasks (`Dataset.task`): "classify" (y [N], one label per sample) or "lm" (y [N, L], one target per
+token; IGNORE_INDEX = -100 where nothing is asked, e.g. non-query positions of MQAR).
 
 A missing file raises ConfigError naming every expected file and how to get them.
 """
@@ -28,11 +32,15 @@ IDX_FILES = {
     "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
 }
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+TASKS = ("classify", "lm")
+IGNORE_INDEX = -100          # target of a position that is not scored (cross-entropy's ignore_index)
 
 
 @dataclass
 class Dataset:
-    """A classification dataset held in memory. x: [N, *in_shape] float32, y: [N] int64."""
+    """A dataset held in memory. classify: x [N, *in_shape] float32, y [N] int64 labels.
+    lm: x [N, L] int64 token ids, y [N, L] int64 per-token targets (IGNORE_INDEX = not scored);
+    n_classes is then the vocabulary size. `vocab`: the characters in id order (character text)."""
 
     name: str
     x_train: Tensor
@@ -40,14 +48,20 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     n_classes: int
+    task: str = "classify"
+    vocab: str | None = None
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown data task '{self.task}': choose one of {', '.join(TASKS)}")
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, "
-                f"{self.n_classes} classes)")
+        what = f"{self.n_classes} classes" if self.task == "classify" else f"{self.task}, vocab {self.n_classes}"
+        return f"Dataset({self.name}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, {what})"
 
 
 def _subset(n: int | None, total: int, what: str) -> int:
@@ -133,7 +147,7 @@ def mnist(root: str, n_train: int | None = None, n_test: int | None = None) -> D
 
 def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False,
             generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x [b, ...], y [b]) mini-batches; the last one may be smaller."""
+    """Yield (x [b, ...], y [b, ...]) mini-batches; the last one may be smaller."""
     order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]

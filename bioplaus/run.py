@@ -9,9 +9,12 @@ Each job writes into its Hydra output dir (runs/... or multirun/.../<n>_<rule>_<
 stats summary and the training energy per step), all atomically, so a metrics.json means a
 finished run.
 
-User mistakes (unknown config names, a rule paired with a model it cannot train, missing data
-files, bad values) print one line `bioplaus-run: error: ...` and exit with status 2; the failed
-job's output dir is removed so nothing half-written remains.
+For language-modelling data (`data.task == "lm"`) the job also prints one line: test loss in nats per
+token and bits, beside the unigram baseline.
+
+User mistakes (unknown config names, a rule paired with a model it cannot train, a model whose task
+is not the data's, missing data files, bad values) print one line `bioplaus-run: error: ...` and exit
+with status 2; the failed job's output dir is removed so nothing half-written remains.
 """
 from __future__ import annotations
 
@@ -102,6 +105,7 @@ def run(cfg, out_dir: str | Path) -> dict:
     tcfg = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
     data = _instantiate(cfg.data, "data")
     model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes)
+    check_task(model, data)
     rule = _instantiate(cfg.rule, "rule", model=model)
     names = {"rule": label(rule), "model": label(model), "data": data.name}
     metrics = train(rule, data, tcfg, seed=seed, device=device,
@@ -125,7 +129,20 @@ def run(cfg, out_dir: str | Path) -> dict:
         stats_mod.write_flat(out_dir, layers, summary, attrs)
         metrics["stats"] = summary
     write_json(out_dir / "metrics.json", metrics)
+    if data.task == "lm":
+        print(f"{names['rule']}/{names['model']}/{data.name} s{seed}: test_loss {metrics['test_loss']:.4f} nats/token "
+              f"({metrics['bits_per_char']:.3f} bits) vs unigram {metrics['unigram_loss']:.4f}; "
+              f"test_acc {metrics['test_acc']:.4f}", flush=True)
     return metrics
+
+
+def check_task(model, data) -> None:
+    """A model's task (`model.task`, default "classify") must be the data's: per-token logits for lm data."""
+    task = getattr(model, "task", "classify")
+    if task != data.task:
+        raise ConfigError(f"model {label(model)} does {task} but data {data.name} is a {data.task} task: "
+                          + ("use a sequence model (model=gated_lm or model=spiking_rwkv)" if data.task == "lm"
+                             else "pick classification data for it (e.g. data=digits_seq) or another model"))
 
 
 def _available(group: str) -> list[str]:

@@ -15,6 +15,12 @@ the activation memory a rule needs; 0 for a rule that keeps no graph), steps, ep
 passes_per_update (measured: forward/backward passes through the first layer in one update),
 train_mac_per_step / train_ac_per_step (every op of one update, whole batch), history (per-epoch
 loss/test_acc).
+
+Accuracy counts every target that is not IGNORE_INDEX (-100): one per sample for `task="classify"`
+(logits [B, C], y [B]), one per token for `task="lm"` (logits [B, L, V], y [B, L]). For lm data the
+metrics add test_loss (cross-entropy, nats per target token), bits_per_char (test_loss / ln 2) and
+unigram_loss: the test cross-entropy of the add-one-smoothed unigram distribution of the training
+targets, the score of a model that ignores its input (history rows get test_loss too).
 """
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bioplaus.data import Dataset, batches
+from bioplaus.data import IGNORE_INDEX, Dataset, batches
 from bioplaus.errors import ConfigError
 from bioplaus.rules.base import LearningRule
 
@@ -182,15 +189,37 @@ class UpdateCost:
 
 
 @torch.no_grad()
-def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> float:
-    """Fraction of correct argmax predictions of `rule.predict`, model in eval mode."""
+def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
+             with_loss: bool = False) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy in nats per target) of `rule.predict`, model in eval mode, over every
+    target that is not IGNORE_INDEX: logits [B, C] with y [B], or per token [B, L, V] with y [B, L].
+    The loss is NaN unless with_loss."""
     was_training = rule.training
     rule.eval()
-    correct = 0
+    correct, total, loss = 0, 0, 0.0
     for xb, yb in batches(x, y, batch_size):
-        correct += (rule.predict(xb.to(device)).argmax(-1).cpu() == yb).sum().item()
+        logits = rule.predict(xb.to(device))
+        keep = yb != IGNORE_INDEX
+        correct += ((logits.argmax(-1).cpu() == yb) & keep).sum().item()
+        total += keep.sum().item()
+        if with_loss:
+            loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.to(device).reshape(-1),
+                                    ignore_index=IGNORE_INDEX, reduction="sum").item()
     rule.train(was_training)
-    return correct / max(len(x), 1)
+    return correct / max(total, 1), (loss / max(total, 1) if with_loss else float("nan"))
+
+
+def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> float:
+    """Fraction of correct argmax predictions of `rule.predict` (per target; see `evaluate`)."""
+    return evaluate(rule, x, y, batch_size, device)[0]
+
+
+def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
+    """Test cross-entropy (nats per target) of the add-one-smoothed unigram distribution of the training
+    targets: the baseline an input-blind model reaches. IGNORE_INDEX targets are skipped."""
+    counts = torch.bincount(y_train[y_train != IGNORE_INDEX].flatten(), minlength=n_classes).double() + 1
+    logp = (counts / counts.sum()).log()
+    return float(-logp[y_test[y_test != IGNORE_INDEX].flatten()].mean())
 
 
 def _check_finite(logs: dict, params: list[nn.Parameter], epoch: int, step: int) -> None:
@@ -222,6 +251,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     history, steps, train_time = [], 0, 0.0
     bar = tqdm(range(int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
     saved, cost = SavedTensors(), UpdateCost(rule)
+    lm = getattr(data, "task", "classify") == "lm"
     with PeakMemory(device) as mem:
         for epoch in bar:
             rule.train()
@@ -245,17 +275,23 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time += time.perf_counter() - t0
-            test_acc = accuracy(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device)
+            test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm)
             row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc}
+            if lm:
+                row["test_loss"] = test_loss
             history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{test_acc:.3f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{test_acc:.3f}",
+                            **({"test_loss": f"{test_loss:.3f}"} if lm else {}))
             if rule.on_epoch_end(epoch, row):
                 params = rule.trainable_parameters()
                 opt, base_lr = make_optimizer()
     bar.close()
-    test_acc = accuracy(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device)
+    test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm)
+    extra = {"test_loss": test_loss, "bits_per_char": test_loss / math.log(2),
+             "unigram_loss": unigram_loss(data.y_train, data.y_test, data.n_classes)} if lm else {}
     return {
         "test_acc": test_acc,
+        **extra,
         "train_acc": accuracy(rule, data.x_train, data.y_train, int(cfg.eval_batch_size), device),
         "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),
         "train_time_s": train_time,
