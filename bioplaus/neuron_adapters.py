@@ -69,8 +69,9 @@ class _Adapter(BaseNeuron):
         super().__init__(backend="auto", **kw)
 
     def _run(self, seq: Tensor, fresh: bool) -> tuple[Tensor, Tensor]:
-        """seq [T, ...] -> (spikes [T, ...], last membrane [...]); fresh: start from the rest state."""
-        raise NotImplementedError
+        """seq [T, ...] -> (spikes [T, ...], last membrane [...]); fresh: start from the rest state.
+        The interface each adapter implements (_SpikingJelly, _SnnTorch); never called on _Adapter itself."""
+        raise TypeError(f"{type(self).__name__} must implement _run (see _SpikingJelly, _SnnTorch)")
 
     def forward(self, x: Tensor) -> Tensor:
         multi = self.step_mode == "m"

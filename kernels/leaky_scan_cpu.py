@@ -6,13 +6,24 @@ reading h and grad s, writing grad x (and grad v0). Each element's time loop run
 split over OpenMP threads. Everything else (tensor decays, no threshold, float64, CUDA) is not this
 kernel's: `supports(...)` says so and leaky_scan falls back to the torch path.
 
-Built with torch.utils.cpp_extension.load_inline (needs a C++ compiler and ninja); if the build fails,
-`available()` returns the reason and the torch path is used.
+Built once with torch.utils.cpp_extension.load_inline (needs a C++ compiler and ninja; ~1 min on 2 cores) in
+a private temporary directory, then published atomically as `<cache>/<key>/bioplaus_leaky_scan_cpu.so`,
+where key hashes the source, torch, Python and platform, and cache is $BIOPLAUS_EXT_DIR or
+~/.cache/bioplaus/ext. Later processes import that file directly: no lock files, so a build killed half-way
+(a timeout, ^C) can never make later runs wait forever on torch's build lock. If the build fails,
+`available()` returns the reason and the torch path is used; BIOPLAUS_NO_CPU_EXT=1 skips it altogether.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
 import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -103,14 +114,48 @@ _ERROR: str | None = None
 RESET_ID = {"hard": 0, "soft": 1, "none": 2}
 
 
+NAME = "bioplaus_leaky_scan_cpu"
+CFLAGS = ["-O3", "-fopenmp"]
+
+
+def cache_path() -> Path:
+    """Where the built module lives: one file per (source, flags, torch, Python, platform)."""
+    key = hashlib.sha256("|".join([_SOURCE, *CFLAGS, torch.__version__, sys.version, platform.machine()])
+                         .encode()).hexdigest()[:16]
+    root = Path(os.environ.get("BIOPLAUS_EXT_DIR") or Path.home() / ".cache" / "bioplaus" / "ext")
+    return root / key / f"{NAME}.so"
+
+
+def _import(path: Path):
+    spec = importlib.util.spec_from_file_location(NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(path: Path):
+    """Compile into a fresh private directory next to the cache entry, then os.replace the .so into place."""
+    from loguru import logger
+    from torch.utils.cpp_extension import load_inline
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info(f"building the fused CPU LIF kernel once (about a minute) into {path.parent}")
+    tmp = tempfile.mkdtemp(prefix="build-", dir=path.parent)
+    try:
+        module = load_inline(NAME, cpp_sources=_SOURCE, functions=["fwd", "bwd"], extra_cflags=CFLAGS,
+                             extra_ldflags=["-fopenmp"], build_directory=tmp, verbose=False)
+        os.replace(Path(tmp) / f"{NAME}.so", path)       # atomic: readers see no file or a whole file
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return module
+
+
 def _load():
     global _MODULE, _ERROR
     if _MODULE is None and _ERROR is None:
         try:
-            from torch.utils.cpp_extension import load_inline
-
-            _MODULE = load_inline("bioplaus_leaky_scan_cpu", cpp_sources=_SOURCE, functions=["fwd", "bwd"],
-                                  extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+            path = cache_path()
+            _MODULE = _import(path) if path.is_file() else _build(path)
         except Exception as e:  # noqa: BLE001 - any build failure means: use the torch path
             _ERROR = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return _MODULE

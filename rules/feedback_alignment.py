@@ -110,6 +110,11 @@ class _ScaledLR:
 
     lr_scale: float
 
+    def _scales(self, feedback_scale: float, lr_scale: float) -> None:
+        """Validate and keep the two scales every FA-family rule takes."""
+        self.feedback_scale = _check_scale(feedback_scale)
+        self.lr_scale = _check_scale(lr_scale, "lr_scale")
+
     def param_groups(self) -> list[dict]:
         return [{"params": self.trainable_parameters(), "lr_scale": self.lr_scale}]
 
@@ -123,8 +128,7 @@ class FeedbackAlignment(_ScaledLR, LearningRule):
     def __init__(self, model: nn.Module, feedback_scale: float = 1.0, feedback_seed: int | None = None,
                  lr_scale: float = 3.0):
         super().__init__(model)
-        self.feedback_scale = _check_scale(feedback_scale)
-        self.lr_scale = _check_scale(lr_scale, "lr_scale")
+        self._scales(feedback_scale, lr_scale)
         self._synapses = _synapses(model)
         self.feedback = nn.Module()                       # buffers: one per synapse, named by its path
         gen = _generator(feedback_seed)
@@ -211,8 +215,7 @@ class DirectFeedbackAlignment(_ScaledLR, LearningRule):
     def __init__(self, model: nn.Module, feedback_scale: float = 1.0, feedback_seed: int | None = None,
                  lr_scale: float = 3.0):
         super().__init__(model)
-        self.feedback_scale = _check_scale(feedback_scale)
-        self.lr_scale = _check_scale(lr_scale, "lr_scale")
+        self._scales(feedback_scale, lr_scale)
         gen, C = _generator(feedback_seed), int(model.n_classes)
         W = next(model.parameters())
         self.feedback = nn.Module()                       # feedback.l{i}: B_l [C, dims[i]], fixed

@@ -146,3 +146,29 @@ def test_in_kernel_spike_counts_equal_the_spikes(backend):
     torch.testing.assert_close(counts, 10 + s.reshape(6, -1).sum(1).double())
     with pytest.raises(ValueError, match="counts must be a float64 tensor of shape"):
         leaky_scan(x, 0.5, threshold=0.5, counts=torch.zeros(6))
+
+
+def test_cpu_kernel_loads_from_its_cache_file_without_build_or_lock(tmp_path):
+    """A later process imports the published .so directly: a stale torch build lock beside it (left by a
+    killed build) cannot make it wait, and no rebuild happens."""
+    import shutil
+    import subprocess
+    import sys
+
+    from bioplaus.kernels import leaky_scan_cpu
+
+    assert leaky_scan_cpu.available() is None                          # built (or loaded) in this process
+    here = leaky_scan_cpu.cache_path()
+    cached = tmp_path / here.parent.name / here.name
+    cached.parent.mkdir()
+    shutil.copy(here, cached)
+    (cached.parent / "lock").touch()                                    # what an interrupted torch build leaves
+    code = ("import torch; from bioplaus.kernels import leaky_scan_cpu as k;"
+            "from bioplaus.kernels.leaky_scan import leaky_scan;"
+            "print(k.available(), k.cache_path());"
+            "print(leaky_scan(torch.ones(2, 3), 0.5, 1.0, threshold=1.0, backend='cpu')[0].sum().item())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "BIOPLAUS_EXT_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"None {cached}" and "building" not in r.stderr
+    assert float(r.stdout.splitlines()[1]) == 6.0        # 3 neurons x 2 steps: h = 1 fires, reset, h = 1 again
