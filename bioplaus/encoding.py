@@ -1,26 +1,72 @@
 """Static input -> spike train (or current) over T steps, time-major [T, B, ...].
 
-- direct: the analog input repeated every step, x_t = x (the first layer turns it into spikes).
-- rate:   Bernoulli spikes with p = clamp(x, 0, 1) at every step (snnTorch `spikegen.rate`).
+- direct:  the analog input repeated every step, x_t = x (the first layer turns it into spikes).
+- rate:    Bernoulli spikes with p = clamp(x, 0, 1) at every step (snnTorch `spikegen.rate`); a fresh
+           draw on every call.
+- latency: time-to-first-spike, one spike per input: x in (0, 1] fires once at step
+           t = round((1 - x) (T - 1)) (brightest first), x <= 0 never fires. Deterministic.
+- given:   the data is already a spike train stored sample-major, x [B, T, ...]; it is only
+           transposed to [T, B, ...] (T must match the data's second axis).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
 
-ENCODINGS = ("direct", "rate")
+ENCODINGS = ("direct", "rate", "latency", "given")
+
+
+def latency(x: Tensor, T: int) -> Tensor:
+    """x [B, ...] in [0, 1] -> [T, B, ...] with at most one spike per input (see module docstring)."""
+    x = x.clamp(0, 1)
+    step = torch.round((1 - x) * (T - 1)).long()
+    t = torch.arange(T, device=x.device).view(T, *([1] * x.dim()))
+    return ((t == step) & (x > 0)).to(x.dtype)
 
 
 def encode(x: Tensor, T: int, kind: str = "direct") -> Tensor:
-    """x [B, ...] -> [T, B, ...]."""
+    """x [B, ...] -> [T, B, ...] (kind 'given': x [B, T, ...] -> [T, B, ...])."""
     if kind == "direct":
         return x.unsqueeze(0).expand(T, *x.shape)
     if kind == "rate":
         from snntorch import spikegen
 
         return spikegen.rate(x.clamp(0, 1), num_steps=T)
+    if kind == "latency":
+        return latency(x, T)
+    if kind == "given":
+        if x.dim() < 2 or x.shape[1] != T:
+            raise ConfigError(f"encoding 'given' expects spike trains [B, T={T}, ...], got {list(x.shape)}; "
+                              "set model.T to the data's number of steps")
+        return x.transpose(0, 1)
     raise ConfigError(f"unknown encoding '{kind}': choose one of {', '.join(ENCODINGS)}")
+
+
+def encode_step(x: Tensor, t: int, T: int, kind: str = "direct") -> Tensor:
+    """Step t of `encode(x, T, kind)` alone, [B, ...], for online rules that never hold the whole train
+    (rate: a fresh Bernoulli draw; latency and given: exactly encode(...)[t])."""
+    if kind == "direct":
+        return x
+    if kind == "rate":
+        return torch.bernoulli(x.clamp(0, 1))
+    if kind == "latency":
+        x = x.clamp(0, 1)
+        return ((torch.round((1 - x) * (T - 1)) == t) & (x > 0)).to(x.dtype)
+    if kind == "given":
+        return x[:, t]
+    raise ConfigError(f"unknown encoding '{kind}': choose one of {', '.join(ENCODINGS)}")
+
+
+def step_shape(in_shape: tuple[int, ...], T: int, kind: str) -> tuple[int, ...]:
+    """The shape of one sample at one step: in_shape itself, or in_shape[1:] for 'given' (checking T)."""
+    if kind != "given":
+        return tuple(in_shape)
+    if len(in_shape) < 2 or in_shape[0] != T:
+        raise ConfigError(f"encoding 'given' needs data of shape [T={T}, ...] per sample, got {list(in_shape)}: "
+                          f"set model.T={in_shape[0] if in_shape else '?'} or use a spike-train dataset")
+    return tuple(in_shape[1:])
 
 
 class Encoder(nn.Module):

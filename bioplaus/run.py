@@ -137,7 +137,13 @@ def run(cfg, out_dir: str | Path) -> dict:
 
 
 def check_task(model, data) -> None:
-    """A model's task (`model.task`, default "classify") must be the data's: per-token logits for lm data."""
+    """A model's task (`model.task`, default "classify") must be the data's: per-token logits for lm data;
+    spike-train data must be read as given (model.encoding=given), not encoded again."""
+    encoder = getattr(model, "encoder", None)
+    if data.spike_train and encoder is not None and encoder.kind != "given":
+        T = data.in_shape[0]
+        raise ConfigError(f"data {data.name} already is spike trains [T={T}, ...] but model {label(model)} "
+                          f"encodes its input ({encoder.kind}): use model.encoding=given model.T={T}")
     task = getattr(model, "task", "classify")
     if task != data.task:
         raise ConfigError(f"model {label(model)} does {task} but data {data.name} is a {data.task} task: "

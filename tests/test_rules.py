@@ -8,14 +8,16 @@ import torch
 from bioplaus.rules.backprop import Backprop
 from bioplaus.rules.base import LearningRule
 from bioplaus.rules.counter_current import CounterCurrent
+from bioplaus.rules.eprop import EProp
 from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment, FeedbackAlignment, SignSymmetry
 from bioplaus.rules.forward_forward import ForwardForward
 from bioplaus.rules.noprop import NoProp
 from bioplaus.rules.readout_only import ReadoutOnly
+from bioplaus.rules.tess import TESS
 
 from bioplaus.data import fashion
 from bioplaus.errors import ConfigError, UnsupportedModelError
-from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.models import MLP, ConvNet, RecurrentSpikingNet, SpikingConvNet, SpikingMLP
 from bioplaus.train import TrainConfig, train
 
 # Every rule (and every variant with its own code path), small enough for a contract check.
@@ -29,10 +31,13 @@ RULES = {
     "noprop_fm": partial(NoProp, variant="fm", width=16, inference_steps=4),
     "noprop_learned": partial(NoProp, T=2, width=16, embedding="learned"),
     "ff": ForwardForward, "ff_readout": partial(ForwardForward, inference="readout"),
+    "eprop": EProp, "eprop_random": partial(EProp, feedback="random"), "eprop_kappa": partial(EProp, kappa=0.8),
+    "tess": TESS, "tess_causal": partial(TESS, alpha_post=0.0, surrogate="fast_sigmoid"),
 }
 MODELS = {"MLP": partial(MLP, hidden=[32, 16]), "ConvNet": partial(ConvNet, channels=[4, 8]),
           "SpikingMLP": partial(SpikingMLP, hidden=[32, 16], T=3),
-          "SpikingConvNet": partial(SpikingConvNet, channels=[4, 8], T=2)}
+          "SpikingConvNet": partial(SpikingConvNet, channels=[4, 8], T=2),
+          "RecurrentSpikingNet": partial(RecurrentSpikingNet, hidden=16, T=3)}
 
 
 def _rule_class(make_rule):

@@ -17,5 +17,7 @@ from bioplaus.models.classic import (
     count_parameters,
     pool,
 )
+from bioplaus.models.recurrent import RecurrentSpikingNet
 
-__all__ = ["MLP", "ConvNet", "Layered", "Readout", "SpikingConvNet", "SpikingMLP", "count_parameters", "pool"]
+__all__ = ["MLP", "ConvNet", "Layered", "Readout", "SpikingConvNet", "SpikingMLP", "count_parameters", "pool",
+           "RecurrentSpikingNet"]

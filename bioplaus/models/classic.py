@@ -12,7 +12,8 @@ per-layer classifiers or feedback weights. Spiking models read out the time-aver
 head on the spikes (logits = mean_t W s_t + c).
 
 Models: MLP, ConvNet (static, ReLU), SpikingMLP, SpikingConvNet (LIF-family neurons between layers,
-direct or rate encoding, T steps).
+T steps; encoding direct, rate or latency from static data, or 'given' for data that already are spike
+trains [B, T, ...], e.g. `data=spike_timing`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bioplaus.encoding import Encoder
+from bioplaus.encoding import Encoder, step_shape
 from bioplaus.errors import ConfigError
 from bioplaus.neurons import make_neuron
 
@@ -204,7 +205,7 @@ class SpikingMLP(_Spiking):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
         self.in_shape = tuple(int(d) for d in in_shape)
-        widths = [_flat(in_shape), *_check_widths("hidden", hidden)]
+        widths = [_flat(step_shape(self.in_shape, self.T, encoding)), *_check_widths("hidden", hidden)]
         self.layers = nn.ModuleList(SpikingDense(i, o, nrn, weight_gain) for i, o in zip(widths, widths[1:]))
         self.dims, self.n_classes = widths[1:], int(n_classes)
         self.head = Readout(widths[-1], self.n_classes, spiking=True)
@@ -221,7 +222,7 @@ class SpikingConvNet(_Spiking):
         nrn = self._setup_time(T, encoding, neuron)
         self.in_shape = tuple(int(d) for d in in_shape)
         chans = _check_widths("channels", channels)
-        c, self.dims = _conv_dims(in_shape, chans)
+        c, self.dims = _conv_dims(step_shape(self.in_shape, self.T, encoding), chans)
         self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn) for i, o in zip([c, *chans], chans))
         self.n_classes = int(n_classes)
         self.head = Readout(self.dims[-1], self.n_classes, spiking=True)
