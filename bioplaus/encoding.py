@@ -65,7 +65,8 @@ def step_shape(in_shape: tuple[int, ...], T: int, kind: str) -> tuple[int, ...]:
         return tuple(in_shape)
     if len(in_shape) < 2 or in_shape[0] != T:
         raise ConfigError(f"encoding 'given' needs data of shape [T={T}, ...] per sample, got {list(in_shape)}: "
-                          f"set model.T={in_shape[0] if in_shape else '?'} or use a spike-train dataset")
+                          "use spike-train data (e.g. data=spike_timing) with model.T = its number of steps, "
+                          "or encode static data with model.encoding=rate|latency|direct")
     return tuple(in_shape[1:])
 
 
