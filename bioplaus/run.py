@@ -109,7 +109,8 @@ def run(cfg, out_dir: str | Path) -> dict:
     rule = _instantiate(cfg.rule, "rule", model=model)
     names = {"rule": label(rule), "model": label(model), "data": data.name}
     metrics = train(rule, data, tcfg, seed=seed, device=device,
-                    desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}")
+                    desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}",
+                    checkpoint=str(out_dir / "checkpoint.pt") if tcfg.checkpoint else None)
     metrics.update(names, seed=seed, device=str(device), versions=versions())
     energy = stats_mod.EnergyModel.from_config(cfg.stats.energy)
     train_cost = {"mac_per_step": metrics["train_mac_per_step"], "ac_per_step": metrics["train_ac_per_step"],

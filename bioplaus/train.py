@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bioplaus import checkpoint as ckpt
 from bioplaus.data import IGNORE_INDEX, Dataset, batches
 from bioplaus.errors import ConfigError
 from bioplaus.rules.base import LearningRule
@@ -55,6 +56,7 @@ class TrainConfig:
     grad_clip: float | None = None
     lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
     progress: bool = True
+    checkpoint: bool = False         # save an epoch checkpoint in the run dir; a rerun in that dir resumes
     optimizer: Callable[..., torch.optim.Optimizer] = field(
         default_factory=lambda: (lambda params: torch.optim.Adam(params, lr=1e-3)))
 
@@ -232,8 +234,10 @@ def _check_finite(logs: dict, params: list[nn.Parameter], epoch: int, step: int)
 
 
 def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
-          device: torch.device | str = "cpu", desc: str = "train") -> dict:
-    """Train `rule` on `data` for cfg.epochs epochs; returns the metrics dict (see module docstring)."""
+          device: torch.device | str = "cpu", desc: str = "train", checkpoint: str | None = None) -> dict:
+    """Train `rule` on `data` for cfg.epochs epochs; returns the metrics dict (see module docstring).
+    checkpoint: a file path; after every epoch the full training state is saved there, and if the file
+    already exists training resumes after its epoch (bioplaus.checkpoint)."""
     device = torch.device(device)
     rule.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -249,9 +253,21 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
 
     opt, base_lr = make_optimizer()
     history, steps, train_time = [], 0, 0.0
-    bar = tqdm(range(int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
     saved, cost = SavedTensors(), UpdateCost(rule)
     lm = getattr(data, "task", "classify") == "lm"
+    start = 0
+    if checkpoint is not None and (ck := ckpt.load(checkpoint)) is not None:
+        rule.load_state_dict(ck["rule"])
+        params = rule.trainable_parameters()
+        opt, base_lr = make_optimizer()
+        opt.load_state_dict(ck["optimizer"])
+        ckpt.set_rng_state(ck["rng"], gen)
+        steps, history, train_time = ck["steps"], ck["history"], ck["train_time_s"]
+        saved.bytes, cost.passes, cost.ops = ck["cost"]
+        start = ck["epoch"] + 1
+        print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
+    bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False,
+               dynamic_ncols=True, initial=start, total=int(cfg.epochs))
     with PeakMemory(device) as mem:
         for epoch in bar:
             rule.train()
@@ -285,6 +301,10 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if rule.on_epoch_end(epoch, row):
                 params = rule.trainable_parameters()
                 opt, base_lr = make_optimizer()
+            if checkpoint is not None:
+                ckpt.save(checkpoint, {"epoch": epoch, "rule": rule.state_dict(), "optimizer": opt.state_dict(),
+                                       "rng": ckpt.rng_state(gen), "steps": steps, "history": history,
+                                       "train_time_s": train_time, "cost": (saved.bytes, cost.passes, cost.ops)})
     bar.close()
     test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm)
     extra = {"test_loss": test_loss, "bits_per_char": test_loss / math.log(2),
