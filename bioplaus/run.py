@@ -15,15 +15,22 @@ token and bits, beside the unigram baseline.
 User mistakes (unknown config names, a rule paired with a model it cannot train, a model whose task
 is not the data's, missing data files, bad values) print one line `bioplaus-run: error: ...` and exit
 with status 2; the failed job's output dir is removed so nothing half-written remains.
+
+Under torchrun (`torchrun --nproc_per_node=N -m bioplaus.run ...`, trainer.ddp=auto|true) the job trains
+data parallel (bioplaus.distributed): rank 0's run dir is the job's, only rank 0 writes (other ranks get
+no Hydra output dir or log), evaluation and statistics are summed over the ranks' shards.
 """
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import platform
 import random
 import re
 import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -90,18 +97,29 @@ def _instantiate(node, what: str, **kw):
 
 
 def run(cfg, out_dir: str | Path) -> dict:
-    """Run one job from a composed config; write stats.h5 and metrics.json into out_dir; return metrics."""
+    """Run one job from a composed config; write stats.h5 and metrics.json into out_dir; return metrics.
+    Launched by torchrun, the job trains data parallel and only rank 0 writes, into rank 0's out_dir."""
+    from bioplaus import distributed
+
+    with distributed.process_group(cfg.trainer.get("ddp", "auto"), cfg.device):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg, out_dir: str | Path) -> dict:
     from omegaconf import OmegaConf
 
+    from bioplaus import distributed
     from bioplaus import stats as stats_mod
     from bioplaus.train import TrainConfig, train
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, main = Path(distributed.broadcast_object(str(out_dir))), distributed.is_main()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.seed)
     seed_everything(seed)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
                           else cfg.device)
+    device = distributed.local_device(device)
     tcfg = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
     data = _instantiate(cfg.data, "data")
     model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes)
@@ -112,6 +130,8 @@ def run(cfg, out_dir: str | Path) -> dict:
                     desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}",
                     checkpoint=str(out_dir / "checkpoint.pt") if tcfg.checkpoint else None)
     metrics.update(names, seed=seed, device=str(device), versions=versions())
+    if distributed.active(tcfg.ddp):
+        metrics["world_size"] = distributed.world_size()
     energy = stats_mod.EnergyModel.from_config(cfg.stats.energy)
     train_cost = {"mac_per_step": metrics["train_mac_per_step"], "ac_per_step": metrics["train_ac_per_step"],
                   "energy_pj_per_step": energy.compute_pj(metrics["train_mac_per_step"], metrics["train_ac_per_step"]),
@@ -119,18 +139,23 @@ def run(cfg, out_dir: str | Path) -> dict:
     metrics["train_energy_pj_per_step"] = train_cost["energy_pj_per_step"]
     if cfg.stats.enabled:
         n = cfg.stats.n_samples or len(data.x_test)
-        layers = stats_mod.collect(model, data.x_test[:n], energy, batch_size=int(cfg.stats.batch_size),
-                                   rule=rule)
+        xs, reduce = data.x_test[:n], None
+        if distributed.active(tcfg.ddp) and len(xs) >= distributed.world_size():   # shards, totals summed
+            xs, reduce = distributed.shard(xs), distributed.stats_reducer()
+        layers = stats_mod.collect(model, xs, energy, batch_size=int(cfg.stats.batch_size), rule=rule,
+                                   reduce=reduce)
         summary = {**stats_mod.summary(layers), "train_mac_per_step": train_cost["mac_per_step"],
                    "train_ac_per_step": train_cost["ac_per_step"],
                    "train_energy_pj_per_step": train_cost["energy_pj_per_step"]}
         attrs = {**names, "seed": seed, "n_samples": int(n), "energy": energy.as_dict(),
                  "train_cost": train_cost, "config": OmegaConf.to_yaml(cfg), "versions": versions()}
-        stats_mod.write_h5(out_dir / "stats.h5", layers, summary, attrs)
-        stats_mod.write_flat(out_dir, layers, summary, attrs)
+        if main:
+            stats_mod.write_h5(out_dir / "stats.h5", layers, summary, attrs)
+            stats_mod.write_flat(out_dir, layers, summary, attrs)
         metrics["stats"] = summary
-    write_json(out_dir / "metrics.json", metrics)
-    if data.task == "lm":
+    if main:
+        write_json(out_dir / "metrics.json", metrics)
+    if data.task == "lm" and main:
         print(f"{names['rule']}/{names['model']}/{data.name} s{seed}: test_loss {metrics['test_loss']:.4f} nats/token "
               f"({metrics['bits_per_char']:.3f} bits) vs unigram {metrics['unigram_loss']:.4f}; "
               f"test_acc {metrics['test_acc']:.4f}", flush=True)
@@ -197,12 +222,27 @@ def _hydra_main():
     return main
 
 
+def quiet_rank_overrides(argv: list[str]) -> list[str]:
+    """torchrun ranks other than 0 write nothing: Hydra gets a throwaway run dir (removed at exit), no
+    .hydra/ config copy and no log file; the job itself writes into rank 0's run dir (see `run`)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return argv
+    tmp = tempfile.mkdtemp(prefix=f"bioplaus-rank{os.environ['RANK']}-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    drop = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.output_subdir=", "hydra/job_logging=",
+            "hydra/hydra_logging=")
+    return [a for a in argv if not a.lstrip("+").startswith(drop)] + [
+        f"hydra.run.dir={tmp}", f"hydra.sweep.dir={tmp}", "hydra.output_subdir=null",
+        "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
 def cli() -> None:
     """Console script `bioplaus-run`."""
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as e:
         _fail(e)
+    sys.argv[1:] = quiet_rank_overrides(sys.argv[1:])
     _hydra_main()()
 
 

@@ -21,6 +21,11 @@ Accuracy counts every target that is not IGNORE_INDEX (-100): one per sample for
 metrics add test_loss (cross-entropy, nats per target token), bits_per_char (test_loss / ln 2) and
 unigram_loss: the test cross-entropy of the add-one-smoothed unigram distribution of the training
 targets, the score of a model that ignores its input (history rows get test_loss too).
+
+Data parallel (`trainer.ddp`, launched by torchrun; bioplaus.distributed): each global batch is split over
+the ranks and the gradients averaged by share after `assign_credit`; losses, evaluation counts and the
+first update's MACs/ACs are summed over ranks (passes, saved_for_backward_mb, time and memory are this
+process's).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bioplaus import checkpoint as ckpt
+from bioplaus import distributed as ddp
 from bioplaus.data import IGNORE_INDEX, Dataset, batches
 from bioplaus.errors import ConfigError
 from bioplaus.rules.base import LearningRule
@@ -57,6 +63,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
     progress: bool = True
     checkpoint: bool = False         # save an epoch checkpoint in the run dir; a rerun in that dir resumes
+    ddp: str | bool = "auto"         # data parallel under torchrun: auto (WORLD_SIZE > 1) | true | false
     optimizer: Callable[..., torch.optim.Optimizer] = field(
         default_factory=lambda: (lambda params: torch.optim.Adam(params, lr=1e-3)))
 
@@ -71,6 +78,7 @@ class TrainConfig:
                               f"{', '.join(SCHEDULES)}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {self.grad_clip}")
+        self.ddp = ddp.parse_mode(self.ddp)
 
 
 class PeakMemory:
@@ -192,10 +200,12 @@ class UpdateCost:
 
 @torch.no_grad()
 def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
-             with_loss: bool = False) -> tuple[float, float]:
+             with_loss: bool = False, parallel: bool = False) -> tuple[float, float]:
     """(accuracy, mean cross-entropy in nats per target) of `rule.predict`, model in eval mode, over every
     target that is not IGNORE_INDEX: logits [B, C] with y [B], or per token [B, L, V] with y [B, L].
-    The loss is NaN unless with_loss."""
+    The loss is NaN unless with_loss. parallel: each rank evaluates its shard and the counts are summed."""
+    if parallel:
+        x, y = ddp.shard(x, y)
     was_training = rule.training
     rule.eval()
     correct, total, loss = 0, 0, 0.0
@@ -208,12 +218,15 @@ def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: 
             loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.to(device).reshape(-1),
                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
     rule.train(was_training)
+    if parallel:
+        correct, total, loss = ddp.all_sum([correct, total, loss])
     return correct / max(total, 1), (loss / max(total, 1) if with_loss else float("nan"))
 
 
-def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> float:
+def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
+             parallel: bool = False) -> float:
     """Fraction of correct argmax predictions of `rule.predict` (per target; see `evaluate`)."""
-    return evaluate(rule, x, y, batch_size, device)[0]
+    return evaluate(rule, x, y, batch_size, device, parallel=parallel)[0]
 
 
 def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
@@ -245,6 +258,12 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     if not params:
         raise ConfigError(f"rule {type(rule).__name__} has no trainable parameters for this model")
     total = int(cfg.epochs) * math.ceil(len(data.x_train) / int(cfg.batch_size))
+    parallel, log_keys = ddp.active(cfg.ddp), None
+    if parallel:
+        if int(cfg.batch_size) < ddp.world_size():
+            raise ConfigError(f"trainer.batch_size ({cfg.batch_size}) must be >= the number of ranks "
+                              f"({ddp.world_size()}) for data-parallel training")
+        ddp.sync_module(rule)                   # every rank starts from rank 0's parameters and buffers
     schedule = SCHEDULES[cfg.lr_schedule]
 
     def make_optimizer():
@@ -265,20 +284,30 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         steps, history, train_time = ck["steps"], ck["history"], ck["train_time_s"]
         saved.bytes, cost.passes, cost.ops = ck["cost"]
         start = ck["epoch"] + 1
-        print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
-    bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress, leave=False,
+        if ddp.is_main():
+            print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
+    bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress or not ddp.is_main(), leave=False,
                dynamic_ncols=True, initial=start, total=int(cfg.epochs))
     with PeakMemory(device) as mem:
         for epoch in bar:
             rule.train()
             t0, loss_sum, n = time.perf_counter(), 0.0, 0
             for xb, yb in batches(data.x_train, data.y_train, int(cfg.batch_size), shuffle=True, generator=gen):
+                n_global = len(xb)
+                if parallel:                            # this rank's share of the global batch
+                    xb, yb = ddp.shard(xb, yb)
                 opt.zero_grad(set_to_none=True)
                 if steps == 0:                          # measure what one update keeps for backward
                     with SavedTensors(exclude=rule.parameters()) as saved, cost:
                         logs = rule.assign_credit(xb.to(device), yb.to(device))
-                else:
+                elif len(xb):
                     logs = rule.assign_credit(xb.to(device), yb.to(device))
+                else:                                   # an empty share of a short last batch adds nothing
+                    logs = {}
+                if parallel:                            # share-weighted mean over ranks
+                    log_keys = log_keys if log_keys is not None else ddp.log_keys(logs)
+                    ddp.reduce_grads(params, len(xb), n_global)
+                    logs = ddp.reduce_logs(logs, log_keys, len(xb), n_global)
                 _check_finite(logs, params, epoch, steps)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -286,12 +315,15 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                     g["lr"] = lr * schedule(steps, total)
                 opt.step()
                 steps += 1
-                loss_sum += logs.get("loss", float("nan")) * len(xb)
-                n += len(xb)
+                loss_sum += logs.get("loss", float("nan")) * n_global
+                n += n_global
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time += time.perf_counter() - t0
-            test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm)
+            if parallel:                                # buffers a rule changed while training: rank 0's
+                ddp.sync_module(rule, buffers_only=True)
+            test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm,
+                                           parallel)
             row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc}
             if lm:
                 row["test_loss"] = test_loss
@@ -301,18 +333,21 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if rule.on_epoch_end(epoch, row):
                 params = rule.trainable_parameters()
                 opt, base_lr = make_optimizer()
-            if checkpoint is not None:
+                if parallel:
+                    ddp.sync_module(rule)
+            if checkpoint is not None and ddp.is_main():
                 ckpt.save(checkpoint, {"epoch": epoch, "rule": rule.state_dict(), "optimizer": opt.state_dict(),
                                        "rng": ckpt.rng_state(gen), "steps": steps, "history": history,
                                        "train_time_s": train_time, "cost": (saved.bytes, cost.passes, cost.ops)})
     bar.close()
-    test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm)
+    test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm, parallel)
+    ops = dict(zip(("mac", "ac"), ddp.all_sum([cost.ops["mac"], cost.ops["ac"]]))) if parallel else cost.ops
     extra = {"test_loss": test_loss, "bits_per_char": test_loss / math.log(2),
              "unigram_loss": unigram_loss(data.y_train, data.y_test, data.n_classes)} if lm else {}
     return {
         "test_acc": test_acc,
         **extra,
-        "train_acc": accuracy(rule, data.x_train, data.y_train, int(cfg.eval_batch_size), device),
+        "train_acc": accuracy(rule, data.x_train, data.y_train, int(cfg.eval_batch_size), device, parallel),
         "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),
         "train_time_s": train_time,
         "time_per_step_ms": 1000 * train_time / max(steps, 1),
@@ -321,7 +356,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         "steps": steps,
         "epochs": int(cfg.epochs),
         "passes_per_update": cost.passes,
-        "train_mac_per_step": cost.ops["mac"],
-        "train_ac_per_step": cost.ops["ac"],
+        "train_mac_per_step": ops["mac"],
+        "train_ac_per_step": ops["ac"],
         "history": history,
     }

@@ -64,12 +64,15 @@ def _per_sample(t, time_major: bool) -> int:
 
 @torch.no_grad()
 def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: int = 500,
-            rule: nn.Module | None = None) -> dict[str, dict]:
+            rule: nn.Module | None = None, reduce=None) -> dict[str, dict]:
     """Per-layer statistics per inference sample over x [N, ...] (see module docstring).
 
     Without `rule`: runs model(x) and reports model.layers and model.head. With a rule: runs rule.predict(x)
     (its real inference: C goodness passes for Forward-Forward, the denoising chain for NoProp) and reports
-    rule.inference_layers(); ops run outside those modules are reported under "other"."""
+    rule.inference_layers(); ops run outside those modules are reported under "other".
+    reduce(spikes, counts, n) -> (spikes, counts, n), if given, maps the raw totals over x (spikes per layer
+    [T], the op counter's counts per scope, the sample count) before per-sample quantities are formed: data
+    parallel runs sum them over ranks (bioplaus.distributed.stats_reducer)."""
     layers = rule.inference_layers() if rule is not None else _layers(model)
     spiking = bool(getattr(model, "spiking", False))
     T = int(getattr(model, "T", 1)) if spiking else 1
@@ -118,10 +121,15 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
             for m in mods:
                 m.spike_counts = None
         net.train(was_training)
+    n = len(x)
+    if reduce is not None:
+        for name in [*layers, "other"]:         # the same scopes on every rank
+            counter.counts.setdefault(name, counter._zeros())
+        spikes, counter.counts, n = reduce(spikes, counter.counts, n)
     other = counter.counts.get("other")
     if other is not None and float(other["mac"].sum() + other["ac"].sum()) > 0:
         rec["other"] = {"params": 0}
-    n = max(len(x), 1)
+    n = max(n, 1)
     for name, r in rec.items():
         steps = T if name in time_layers else 1
         c = counter.counts.get(name) or counter._zeros()
