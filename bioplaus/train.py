@@ -23,7 +23,9 @@ unigram_loss: the test cross-entropy of the add-one-smoothed unigram distributio
 targets, the score of a model that ignores its input (history rows get test_loss too).
 
 Data parallel (`trainer.ddp`, launched by torchrun; bioplaus.distributed): each global batch is split over
-the ranks and the gradients averaged by share after `assign_credit`; losses, evaluation counts and the
+the ranks and the gradients averaged by share after `assign_credit` (a rule with parallel_split = "blocks",
+NoProp's block_parallel, instead splits its own work over the ranks via set_partition, sees the whole batch,
+and its gradients are summed); losses, evaluation counts and the
 first update's MACs/ACs are summed over ranks (passes, saved_for_backward_mb, time and memory are this
 process's).
 """
@@ -264,6 +266,9 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             raise ConfigError(f"trainer.batch_size ({cfg.batch_size}) must be >= the number of ranks "
                               f"({ddp.world_size()}) for data-parallel training")
         ddp.sync_module(rule)                   # every rank starts from rank 0's parameters and buffers
+    by_blocks = parallel and getattr(rule, "parallel_split", "batch") == "blocks"
+    if by_blocks:                               # the rule splits its work, not the batch: grads are summed
+        rule.set_partition(ddp.rank(), ddp.world_size())
     schedule = SCHEDULES[cfg.lr_schedule]
 
     def make_optimizer():
@@ -294,8 +299,9 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             t0, loss_sum, n = time.perf_counter(), 0.0, 0
             for xb, yb in batches(data.x_train, data.y_train, int(cfg.batch_size), shuffle=True, generator=gen):
                 n_global = len(xb)
-                if parallel:                            # this rank's share of the global batch
+                if parallel and not by_blocks:          # this rank's share of the global batch
                     xb, yb = ddp.shard(xb, yb)
+                n_local = n_global if by_blocks else len(xb)
                 opt.zero_grad(set_to_none=True)
                 if steps == 0:                          # measure what one update keeps for backward
                     with SavedTensors(exclude=rule.parameters()) as saved, cost:
@@ -306,8 +312,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                     logs = {}
                 if parallel:                            # share-weighted mean over ranks
                     log_keys = log_keys if log_keys is not None else ddp.log_keys(logs)
-                    ddp.reduce_grads(params, len(xb), n_global)
-                    logs = ddp.reduce_logs(logs, log_keys, len(xb), n_global)
+                    ddp.reduce_grads(params, n_local, n_global)
+                    logs = ddp.reduce_logs(logs, log_keys, n_local, n_global)
                 _check_finite(logs, params, epoch, steps)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -71,7 +71,11 @@ class NoProp(LearningRule):
     eta: SNR-loss weight η (None = Table 3: 0.1 for DT, 1 for CT);  max_snr: SNR clamp;
     inference_noise: sample ε (and z_0) at inference;  inference_steps: CT/FM sampler steps;
     sigma: FM path noise σ;  lr_scale: lr multiplier of the blocks (and learned embeddings / schedule);
-    classifier_lr_scale: lr multiplier of the linear classifier on z."""
+    classifier_lr_scale: lr multiplier of the linear classifier on z;
+    block_parallel (DT): under data-parallel training (torchrun) each rank trains only its share of the T
+    blocks (t % world == rank) on the whole global batch, rank 0 also the classifier and KL terms; the trainer
+    then sums the gradients, so every rank steps the same full update (`parallel_split = "blocks"`).
+    Every rank draws every block's noise, so the summed update is the single-process one."""
 
     name = "noprop"
     supported_models = ("MLP", "ConvNet", "SpikingMLP", "SpikingConvNet")
@@ -79,8 +83,12 @@ class NoProp(LearningRule):
     def __init__(self, model: nn.Module, variant: str = "dt", T: int = 10, width: int = 128,
                  embedding: str = "onehot", embed_dim: int = 20, eta: float | None = None, max_snr: float = 100.0,
                  inference_noise: bool = False, inference_steps: int = 1000, sigma: float = 0.05,
-                 classifier_lr_scale: float = 10.0, lr_scale: float = 3.0):
+                 classifier_lr_scale: float = 10.0, lr_scale: float = 3.0, block_parallel: bool = False):
         super().__init__(model)
+        if block_parallel and variant != "dt":
+            raise ConfigError(f"rule.block_parallel needs variant=dt (independent blocks); {variant} has one net")
+        self.parallel_split = "blocks" if block_parallel else "batch"
+        self.partition = (0, 1)                             # (rank, world): the blocks this process trains
         if variant not in VARIANTS:
             raise ConfigError(f"unknown rule.variant '{variant}': choose one of {', '.join(VARIANTS)}")
         if int(width) < 1 or int(inference_steps) < 1:
@@ -123,6 +131,17 @@ class NoProp(LearningRule):
             groups.append({"params": list(self.classifier.parameters()), "lr_scale": self.classifier_lr_scale})
         return groups
 
+    def set_partition(self, rank: int, world: int) -> None:
+        """Train only blocks t with (t - 1) % world == rank (and, on rank 0, the classifier and KL terms)."""
+        if world > self.T:
+            raise ConfigError(f"rule.block_parallel: {world} ranks but only T={self.T} blocks; use at most "
+                              f"{self.T} processes or more blocks (rule.T)")
+        self.partition = (int(rank), int(world))
+
+    def _mine(self, t: int) -> bool:
+        rank, world = self.partition
+        return (t - 1) % world == rank
+
     # ---- training -------------------------------------------------------------------------------
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         self.embed.init_prototypes(x, y)
@@ -147,14 +166,21 @@ class NoProp(LearningRule):
         """DT: unweighted ‖û_t(z_{t-1}, x) - u_y‖² per block, batch mean: [T]. Inputs are detached samples."""
         out = []
         for t, block in enumerate(self.blocks, 1):
-            z = self._q(u, self.abar[t - 1]).detach()
+            z = self._q(u, self.abar[t - 1]).detach()        # drawn on every rank: the same noise stream
+            if not self._mine(t):
+                out.append(torch.zeros((), device=x.device))
+                continue
             uhat = block(z, block.features(x)).softmax(-1) @ W
             out.append((uhat - u).pow(2).sum(-1).mean())
         return torch.stack(out)
 
     def _dt_loss(self, x, y, u, W) -> dict[str, Tensor]:
         mse = self.block_losses(x, u, W)
-        ce = F.cross_entropy(self.classifier(self._q(u, self.abar[-1])), y)
+        z = self._q(u, self.abar[-1])
+        if self.partition[0] != 0:                           # block-parallel: rank 0 owns the shared terms
+            zero = torch.zeros((), device=x.device)
+            return {"ce": zero, "kl": zero, "mse": (self.loss_weights * mse).sum()}
+        ce = F.cross_entropy(self.classifier(z), y)
         return {"ce": ce, "kl": self._kl0(u, self.abar[0]), "mse": (self.loss_weights * mse).sum()}
 
     def _ct_loss(self, x, y, u, W) -> dict[str, Tensor]:

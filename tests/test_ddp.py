@@ -133,3 +133,23 @@ def test_ddp_setting_is_validated():
     with pytest.raises(ConfigError, match="torchrun"):
         distributed.active(True)
     assert not distributed.active("auto") and distributed.shard_bounds(7) == (0, 7)
+
+
+def test_noprop_block_parallel_on_two_ranks_learns_like_sequential(tmp_path):
+    """Each rank trains half the blocks on the whole batch; the summed update equals the sequential one, so
+    accuracy matches sequential training (up to float noise and each rank's own noise stream)."""
+    args = ["-m", "bioplaus.run", "rule=noprop", "rule.T=4", "rule.width=64", "model=mlp", "trainer.epochs=6",
+            "trainer.progress=false", "stats.enabled=false"]
+    e = env()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        "--master_addr=127.0.0.1", f"--master_port={e['MASTER_PORT']}", *args,
+                        "rule.block_parallel=true", f"hydra.run.dir={tmp_path / 'blocks'}"],
+                       capture_output=True, text=True, timeout=300, env=e)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r1 = subprocess.run([sys.executable, *args, f"hydra.run.dir={tmp_path / 'single'}"], capture_output=True,
+                        text=True, timeout=300, env=env())
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    blocks, single = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("blocks", "single"))
+    assert blocks["world_size"] == 2 and single["test_acc"] >= 0.9
+    assert abs(blocks["test_acc"] - single["test_acc"]) <= 0.02, (blocks["test_acc"], single["test_acc"])
+    assert blocks["history"][0]["loss"] == pytest.approx(single["history"][0]["loss"], rel=1e-4)

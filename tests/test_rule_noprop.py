@@ -176,3 +176,31 @@ def test_dt_beats_readout_only_on_fashion():
         acc[name] = train(make(MLP(list(data.in_shape), 10)), data, cfg, seed=0)["test_acc"]
     assert acc["noprop"] >= 0.78, acc
     assert acc["noprop"] - acc["readout_only"] >= 0.06, acc
+
+
+def test_block_parallel_partitions_sum_to_the_whole_update(digits):
+    """Each partition computes only its blocks (rank 0 also the classifier); with the same seed the summed
+    gradients of the two partitions are the single-process gradients."""
+    from bioplaus.models import MLP
+
+    torch.manual_seed(0)
+    rule = NoProp(MLP([1, 8, 8], 10, hidden=[32]), T=4, width=16, block_parallel=True)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+
+    def grads(rank, world):
+        rule.set_partition(rank, world)
+        rule.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        rule.assign_credit(x, y)
+        return {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
+
+    whole, g0, g1 = grads(0, 1), grads(0, 2), grads(1, 2)
+    assert not any(n.startswith(("blocks.1.", "blocks.3.")) for n in g0)       # rank 0: blocks 0 and 2
+    assert not any(n.startswith(("blocks.0.", "blocks.2.", "classifier.")) for n in g1)
+    for name, g in whole.items():
+        total = g0.get(name, torch.zeros_like(g)) + g1.get(name, torch.zeros_like(g))
+        torch.testing.assert_close(total, g, rtol=1e-5, atol=1e-7, msg=name)
+    with pytest.raises(ConfigError, match="block_parallel: 5 ranks but only T=4 blocks"):
+        rule.set_partition(0, 5)
+    with pytest.raises(ConfigError, match="block_parallel needs variant=dt"):
+        NoProp(MLP([1, 8, 8], 10, hidden=[32]), variant="fm", block_parallel=True)
