@@ -13,13 +13,13 @@ On CPU a resumed run reproduces the uninterrupted run's metrics bit for bit (tes
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bioplaus.atomic import atomic_write
 
 
 def rng_state(gen: torch.Generator) -> dict:
@@ -35,17 +35,15 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
 
 
 def save(path: str | Path, state: dict) -> None:
-    """torch.save(state) to path atomically."""
+    """torch.save(state) to path atomically (bioplaus.atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load(path: str | Path) -> dict | None:

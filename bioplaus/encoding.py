@@ -18,12 +18,16 @@ from bioplaus.errors import ConfigError
 ENCODINGS = ("direct", "rate", "latency", "given")
 
 
+def _latency_step(x: Tensor, T: int) -> Tensor:
+    """The step at which each input fires, round((1 - x)(T - 1)), or -1 for x <= 0 (never fires)."""
+    x = x.clamp(0, 1)
+    return torch.where(x > 0, torch.round((1 - x) * (T - 1)), torch.full_like(x, -1.0))
+
+
 def latency(x: Tensor, T: int) -> Tensor:
     """x [B, ...] in [0, 1] -> [T, B, ...] with at most one spike per input (see module docstring)."""
-    x = x.clamp(0, 1)
-    step = torch.round((1 - x) * (T - 1)).long()
-    t = torch.arange(T, device=x.device).view(T, *([1] * x.dim()))
-    return ((t == step) & (x > 0)).to(x.dtype)
+    t = torch.arange(T, device=x.device, dtype=x.dtype).view(T, *([1] * x.dim()))
+    return (t == _latency_step(x, T)).to(x.dtype)
 
 
 def encode(x: Tensor, T: int, kind: str = "direct") -> Tensor:
@@ -52,8 +56,7 @@ def encode_step(x: Tensor, t: int, T: int, kind: str = "direct") -> Tensor:
     if kind == "rate":
         return torch.bernoulli(x.clamp(0, 1))
     if kind == "latency":
-        x = x.clamp(0, 1)
-        return ((torch.round((1 - x) * (T - 1)) == t) & (x > 0)).to(x.dtype)
+        return (_latency_step(x, T) == t).to(x.dtype)
     if kind == "given":
         return x[:, t]
     raise ConfigError(f"unknown encoding '{kind}': choose one of {', '.join(ENCODINGS)}")

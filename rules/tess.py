@@ -77,8 +77,10 @@ class TESS(LearningRule):
                                   f"{type(nrn).__name__}: set model.neuron.kind=lif")
         self.lam_pre, self.lam_post = float(lam_pre), float(lam_post)
         self.alpha_pre, self.alpha_post, self.temperature = float(alpha_pre), float(alpha_post), float(temperature)
-        self.surrogate = None if surrogate is None else get_surrogate(surrogate)
-        self.surrogate_alpha = surrogate_alpha
+        own = None if surrogate is None else get_surrogate(surrogate)
+        self._psi_fns = [(get_surrogate(layer.neuron.surrogate), layer.neuron.alpha) if own is None else
+                         (own, own.alpha if surrogate_alpha is None else float(surrogate_alpha))
+                         for layer in model.layers]            # per layer: (surrogate g, alpha) for psi = g'
         C = int(model.n_classes)
         for i, d in enumerate(model.dims):
             self.register_buffer(f"projection_{i}", square_wave_projection(int(d), C))
@@ -89,13 +91,6 @@ class TESS(LearningRule):
 
     def projection(self, i: int) -> Tensor:
         return getattr(self, f"projection_{i}")
-
-    def _psi(self, nrn, z: Tensor) -> Tensor:
-        if self.surrogate is None:
-            spec = get_surrogate(nrn.surrogate)
-            return spec.grad(z, nrn.alpha)
-        alpha = self.surrogate.alpha if self.surrogate_alpha is None else float(self.surrogate_alpha)
-        return self.surrogate.grad(z, alpha)
 
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         model, T, kind = self.model, self.model.T, self.model.encoder.kind
@@ -112,8 +107,8 @@ class TESS(LearningRule):
                     h, ce = self._step(i, layer, h, onehot, state)
                     local[i] += ce
                 spike_sum = h.clone() if spike_sum is None else spike_sum.add_(h)
+            scale = 1.0 / (Bsz * T)
             for layer, st in zip(layers, state):
-                scale = 1.0 / (Bsz * T)
                 layer.linear.weight.grad = st["gW"].mul_(scale)
                 if layer.linear.bias is not None:
                     layer.linear.bias.grad = st["gb"].mul_(scale)
@@ -141,7 +136,8 @@ class TESS(LearningRule):
         uh = st["u"].mul(a).add_(current, alpha=b)
         z = uh - thr
         s = (z >= 0).to(h.dtype)
-        psi = self._psi(nrn, z)
+        spec, alpha = self._psi_fns[i]
+        psi = spec.grad(z, alpha)
         st["pre"].mul_(self.lam_pre).add_(h)
         st["pre1"] = st["pre1"] * self.lam_pre + 1.0
         P = self.projection(i)

@@ -28,8 +28,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(RUN + ARGS + [f"hydra.run.dir={out}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:                                   # until a checkpoint exists (or the run ends)
         ck = ckpt.load(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
         if ck is not None and ck["epoch"] >= 1:
             break

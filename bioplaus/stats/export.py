@@ -8,12 +8,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from bioplaus.atomic import atomic_path, atomic_write  # noqa: F401 - re-exported by bioplaus.stats
 
 UNITS = {
     "spike_counts": "spikes/sample/step", "n_neurons": "neurons", "firing_rate": "spikes/neuron/step",
@@ -23,25 +22,6 @@ UNITS = {
     "act_writes": "accesses/sample", "state_accesses": "accesses/sample", "energy_compute_pj": "pJ/sample",
     "energy_memory_pj": "pJ/sample", "energy_pj": "pJ/sample",
 }
-
-
-def atomic_path(path: str | Path) -> str:
-    """A fresh temporary path beside `path`: write it, then `os.replace(tmp, path)`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path), then rename it over `path`; on any failure remove tmp and re-raise."""
-    tmp = atomic_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _attr(v):
