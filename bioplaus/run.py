@@ -6,8 +6,8 @@
 Each job writes into its Hydra output dir (runs/... or multirun/.../<n>_<rule>_<model>_s<seed>):
 `stats.h5`, `stats.json`, `stats.csv` (bioplaus.stats, energy model from the `stats` preset) and then
 `metrics.json` (bioplaus.train.train's metrics plus rule, model, data, seed, device, versions, the
-stats summary and the training energy per step), all atomically, so a metrics.json means a
-finished run.
+stats summary and the training energy per step, and whatever the rule's optional `extra_metrics()` returns),
+all atomically, so a metrics.json means a finished run.
 
 For language-modelling data (`data.task == "lm"`) the job also prints one line: test loss in nats per
 token and bits, beside the unigram baseline.
@@ -122,7 +122,10 @@ def _run(cfg, out_dir: str | Path) -> dict:
     device = distributed.local_device(device)
     tcfg = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
     data = _instantiate(cfg.data, "data")
-    model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes)
+    from bioplaus.models.graph import graph_kwargs
+
+    model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes,
+                         **graph_kwargs(cfg.model, data))       # graph data: the model is built with the graph
     check_task(model, data)
     rule = _instantiate(cfg.rule, "rule", model=model)
     names = {"rule": label(rule), "model": label(model), "data": data.name}
@@ -130,6 +133,8 @@ def _run(cfg, out_dir: str | Path) -> dict:
                     desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}",
                     checkpoint=str(out_dir / "checkpoint.pt") if tcfg.checkpoint else None)
     metrics.update(names, seed=seed, device=str(device), versions=versions())
+    if hasattr(rule, "extra_metrics"):            # optional: what a rule reports about itself (dendrite growth)
+        metrics.update(rule.extra_metrics())
     if distributed.active(tcfg.ddp):
         metrics["world_size"] = distributed.world_size()
     energy = stats_mod.EnergyModel.from_config(cfg.stats.energy)
@@ -164,12 +169,16 @@ def _run(cfg, out_dir: str | Path) -> dict:
 
 def check_task(model, data) -> None:
     """A model's task (`model.task`, default "classify") must be the data's: per-token logits for lm data;
-    spike-train data must be read as given (model.encoding=given), not encoded again."""
+    spike-train data must be read as given (model.encoding=given), not encoded again; graph models
+    (`model.graph_model`) go with graph data (`data.graph`, node ids as samples) and only with it."""
     encoder = getattr(model, "encoder", None)
     if data.spike_train and encoder is not None and encoder.kind != "given":
         T = data.in_shape[0]
         raise ConfigError(f"data {data.name} already is spike trains [T={T}, ...] but model {label(model)} "
                           f"encodes its input ({encoder.kind}): use model.encoding=given model.T={T}")
+    if bool(getattr(model, "graph_model", False)) != (getattr(data, "graph", None) is not None):
+        raise ConfigError(f"model {label(model)} and data {data.name} do not fit: graph models (model=gcn, model=sage) "
+                          "need graph data (data=sbm, data=karate, data=pyg) and graph data needs a graph model")
     task = getattr(model, "task", "classify")
     if task != data.task:
         raise ConfigError(f"model {label(model)} does {task} but data {data.name} is a {data.task} task: "

@@ -2,7 +2,9 @@
 
 Per step: zero grads -> `rule.assign_credit(x, y)` (fills .grad) -> optional clipping -> learning rate
 from the schedule (cosine decay to 0 over the run by default) -> optimizer step.
-Per epoch: test accuracy through `rule.predict`, `rule.on_epoch_end` (True -> rebuild the optimizer),
+Per epoch: test accuracy through `rule.predict` (and, with `val_fraction` > 0, accuracy and loss on a held-out
+part of the training set: `val_acc`, `val_loss`, what rules that switch or stop on a plateau should read, never
+test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer),
 a tqdm progress bar. A non-finite loss or gradient stops the run with a ConfigError naming the epoch
 and step (never trains through NaNs).
 
@@ -12,7 +14,8 @@ time_per_step_ms, peak_mem_mb (CPU: growth of resident memory over the run, samp
 handing memory freed by earlier jobs back to the OS; CUDA: torch's peak allocated),
 saved_for_backward_mb (bytes autograd keeps for backward in the first update, parameters excluded:
 the activation memory a rule needs; 0 for a rule that keeps no graph), steps, epochs,
-passes_per_update (measured: forward/backward passes through the first layer in one update),
+val_acc (last epoch's, when trainer.val_fraction > 0), passes_per_update (measured: forward/backward
+passes through the first layer in one update),
 train_mac_per_step / train_ac_per_step (every op of one update, whole batch), history (per-epoch
 loss/test_acc).
 
@@ -66,6 +69,8 @@ class TrainConfig:
     progress: bool = True
     checkpoint: bool = False         # save an epoch checkpoint in the run dir; a rerun in that dir resumes
     ddp: str | bool = "auto"         # data parallel under torchrun: auto (WORLD_SIZE > 1) | true | false
+    val_fraction: float = 0.0        # hold out this fraction of the training set (a seeded permutation, not
+                                     # stratified); epoch rows then carry val_acc / val_loss
     optimizer: Callable[..., torch.optim.Optimizer] = field(
         default_factory=lambda: (lambda params: torch.optim.Adam(params, lr=1e-3)))
 
@@ -75,6 +80,8 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ConfigError(f"trainer.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"unknown trainer.lr_schedule '{self.lr_schedule}': choose one of "
                               f"{', '.join(SCHEDULES)}")
@@ -168,10 +175,11 @@ class SavedTensors:
 class UpdateCost:
     """What one `assign_credit` costs, measured the same way for every rule: MACs and ACs of every op
     it ran (forward and backward, whole batch; bioplaus.opcount), and how many forward and backward
-    passes went through the model's first layer (relaxation steps and repeated passes included)."""
+    passes went through the model's first layer, or the rule's `pass_probe()` (relaxation steps and repeated
+    passes included)."""
 
     def __init__(self, rule: LearningRule):
-        self.layer = getattr(rule.model, "layers", [None])[0] if hasattr(rule, "model") else None
+        self.layer = rule.pass_probe() if hasattr(rule, "model") and hasattr(rule.model, "layers") else None
         self._weights = list(rule.parameters())
         self.passes = {"forward": 0, "backward": 0}
         self.ops = {"mac": 0.0, "ac": 0.0}
@@ -231,6 +239,21 @@ def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: 
     return evaluate(rule, x, y, batch_size, device, parallel=parallel)[0]
 
 
+def split_validation(x: Tensor, y: Tensor, fraction: float, seed: int):
+    """(x_train, y_train, x_val, y_val): the last `fraction` of a seeded permutation of the training set is
+    held out (x_val is None when fraction is 0). The permutation depends on the seed only, so a resumed or
+    data-parallel run holds out the same samples."""
+    if fraction <= 0:
+        return x, y, None, None
+    n_val = int(round(fraction * len(x)))
+    if not 1 <= n_val < len(x):
+        raise ConfigError(f"trainer.val_fraction={fraction} leaves {n_val} of {len(x)} samples for validation: "
+                          "choose a fraction that keeps at least one sample on each side")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
+    keep, held = perm[:-n_val].sort().values, perm[-n_val:].sort().values
+    return x[keep], y[keep], x[held], y[held]
+
+
 def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
     """Test cross-entropy (nats per target) of the add-one-smoothed unigram distribution of the training
     targets: the baseline an input-blind model reaches. IGNORE_INDEX targets are skipped."""
@@ -256,10 +279,11 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     device = torch.device(device)
     rule.to(device)
     gen = torch.Generator().manual_seed(seed)
+    x_train, y_train, x_val, y_val = split_validation(data.x_train, data.y_train, float(cfg.val_fraction), seed)
     params = rule.trainable_parameters()
     if not params:
         raise ConfigError(f"rule {type(rule).__name__} has no trainable parameters for this model")
-    total = int(cfg.epochs) * math.ceil(len(data.x_train) / int(cfg.batch_size))
+    total = int(cfg.epochs) * math.ceil(len(x_train) / int(cfg.batch_size))
     parallel, log_keys = ddp.active(cfg.ddp), None
     if parallel:
         if int(cfg.batch_size) < ddp.world_size():
@@ -297,7 +321,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         for epoch in bar:
             rule.train()
             t0, loss_sum, n = time.perf_counter(), 0.0, 0
-            for xb, yb in batches(data.x_train, data.y_train, int(cfg.batch_size), shuffle=True, generator=gen):
+            for xb, yb in batches(x_train, y_train, int(cfg.batch_size), shuffle=True, generator=gen):
                 n_global = len(xb)
                 if parallel and not by_blocks:          # this rank's share of the global batch
                     xb, yb = ddp.shard(xb, yb)
@@ -333,6 +357,9 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc}
             if lm:
                 row["test_loss"] = test_loss
+            if x_val is not None:
+                row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, int(cfg.eval_batch_size), device,
+                                                           True, parallel)
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{test_acc:.3f}",
                             **({"test_loss": f"{test_loss:.3f}"} if lm else {}))
@@ -353,7 +380,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     return {
         "test_acc": test_acc,
         **extra,
-        "train_acc": accuracy(rule, data.x_train, data.y_train, int(cfg.eval_batch_size), device, parallel),
+        "train_acc": accuracy(rule, x_train, y_train, int(cfg.eval_batch_size), device, parallel),
+        **({"val_acc": history[-1]["val_acc"]} if x_val is not None and history else {}),
         "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),
         "train_time_s": train_time,
         "time_per_step_ms": 1000 * train_time / max(steps, 1),

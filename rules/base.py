@@ -54,6 +54,12 @@ class LearningRule(nn.Module, metaclass=abc.ABCMeta):
         infer through their own networks (NoProp's denoising blocks) override this."""
         return {**{f"layers.{i}": m for i, m in enumerate(self.model.layers)}, "head": self.model.head}
 
+    def pass_probe(self) -> nn.Module:
+        """The module whose forward (and backward) calls the trainer counts as one pass of an update
+        (`passes_per_update`). Default: the model's first layer. A rule whose passes do not run that module
+        as a whole (EP's relaxation steps) returns the module that runs once per pass."""
+        return self.model.layers[0]
+
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """Called after each epoch's evaluation; return True if the parameter set changed."""
         return False
@@ -65,3 +71,18 @@ class LearningRule(nn.Module, metaclass=abc.ABCMeta):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer should update (those that require grad)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+
+class GreedyLayers:
+    """Mixin for a layer-wise greedy schedule: `self.stage` is the highest layer being trained, and
+    `_set_trainable()` (the rule's own) freezes the others. `advance_stage` moves to the next layer after
+    every `epochs_per_layer` epochs; a rule's `on_epoch_end` returns its result (True = rebuild)."""
+
+    stage: int
+
+    def advance_stage(self, epoch: int, greedy: bool, epochs_per_layer: int) -> bool:
+        if not greedy or self.stage >= len(self.model.layers) - 1 or (epoch + 1) % epochs_per_layer:
+            return False
+        self.stage += 1
+        self._set_trainable()
+        return True

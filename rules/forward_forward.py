@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
+from bioplaus.rules.base import GreedyLayers, LearningRule
 from torch import Tensor
 
 from bioplaus.errors import ConfigError
@@ -94,7 +94,7 @@ def rms_norm(h: Tensor, spiking: bool = False, eps: float = 1e-6) -> Tensor:
     return h / torch.sqrt(h.pow(2).mean(dim=dims, keepdim=True) + eps)
 
 
-class ForwardForward(LearningRule):
+class ForwardForward(GreedyLayers, LearningRule):
     """Supervised Forward-Forward with label-in-input positives and wrong-label negatives."""
 
     name = "ff"
@@ -167,13 +167,7 @@ class ForwardForward(LearningRule):
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """layer_greedy: after every `epochs_per_layer` epochs move to the next layer (True = rebuild)."""
-        if self.mode != "layer_greedy" or self.stage >= len(self.model.layers) - 1:
-            return False
-        if (epoch + 1) % self.epochs_per_layer:
-            return False
-        self.stage += 1
-        self._set_trainable()
-        return True
+        return self.advance_stage(epoch, self.mode == "layer_greedy", self.epochs_per_layer)
 
     # ------------------------------------------------------------------------------------- mechanics
     def embed(self, x: Tensor, labels: Tensor | None) -> Tensor:

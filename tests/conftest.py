@@ -29,3 +29,13 @@ def compose():
             return hydra_compose(config_name="config", overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (restored afterwards): tiny nets and small graphs run fastest on one
+    thread, and two threads on a busy 2-core machine spin-wait for each other (up to 8x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -68,13 +68,6 @@ def test_stats_count_dense_macs_per_layer(digits):
     assert all(r["sop"].sum() == 0 and "spike_counts" not in r for r in layers.values())
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny net: one intra-op thread is faster than two, and immune to oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_backprop_learns_digits_beyond_the_frozen_control(digits, one_thread):

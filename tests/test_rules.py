@@ -9,9 +9,11 @@ from bioplaus.rules.backprop import Backprop
 from bioplaus.rules.base import LearningRule
 from bioplaus.rules.counter_current import CounterCurrent
 from bioplaus.rules.eprop import EProp
+from bioplaus.rules.equilibrium import EquilibriumPropagation
 from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment, FeedbackAlignment, SignSymmetry
 from bioplaus.rules.forward_forward import ForwardForward
 from bioplaus.rules.noprop import NoProp
+from bioplaus.rules.perforated import Perforated
 from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.rules.tess import TESS
 
@@ -33,6 +35,9 @@ RULES = {
     "ff": ForwardForward, "ff_readout": partial(ForwardForward, inference="readout"),
     "eprop": EProp, "eprop_random": partial(EProp, feedback="random"), "eprop_kappa": partial(EProp, kappa=0.8),
     "tess": TESS, "tess_causal": partial(TESS, alpha_post=0.0, surrogate="fast_sigmoid"),
+    "ep": partial(EquilibriumPropagation, T1=4, T2=2), "ep_ce_onesided": partial(
+        EquilibriumPropagation, T1=4, T2=2, loss="ce", symmetric=False, random_sign=True),
+    "perforated": Perforated, "perforated_gd": partial(Perforated, mode="gd"),
 }
 MODELS = {"MLP": partial(MLP, hidden=[32, 16]), "ConvNet": partial(ConvNet, channels=[4, 8]),
           "SpikingMLP": partial(SpikingMLP, hidden=[32, 16], T=3),
@@ -45,7 +50,8 @@ def _rule_class(make_rule):
 
 
 # Variants that refuse a model their class supports (checked with the variant's own message).
-VARIANT_REFUSES = {("ccl_autoencode", "SpikingMLP"): "rule.task=autoencode supports MLP and ConvNet"}
+VARIANT_REFUSES = {("ccl_autoencode", "SpikingMLP"): "rule.task=autoencode supports MLP and ConvNet",
+                   ("ep", "ConvNet"): "model.norm=none", ("ep_ce_onesided", "ConvNet"): "model.norm=none"}
 
 
 def _pairs(supported: bool):

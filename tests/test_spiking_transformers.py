@@ -193,13 +193,6 @@ def test_bad_settings():
         Spikformer([1, 8, 8], 10, neuron={"kind": "gated_lif"})
 
 
-@pytest.fixture
-def one_thread():
-    """These nets are tiny: one intra-op thread is faster than two, and immune to oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("cls,floor", [(Spikformer, 0.9), (SpikeDrivenTransformer, 0.9)])

@@ -83,3 +83,20 @@ def test_on_epoch_end_true_rebuilds_the_optimizer(digits):
 def test_bad_trainer_settings(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**kw)
+
+
+def test_val_fraction_holds_out_a_seeded_split_and_reports_it(digits):
+    """trainer.val_fraction: the held-out samples leave the training set, epoch rows carry val_acc/val_loss."""
+    from bioplaus.train import split_validation
+    data = digits
+    xt, yt, xv, yv = split_validation(data.x_train, data.y_train, 0.2, seed=3)
+    assert len(xv) == round(0.2 * len(data.x_train)) and len(xt) + len(xv) == len(data.x_train)
+    again = split_validation(data.x_train, data.y_train, 0.2, seed=3)
+    assert torch.equal(again[2], xv) and not torch.equal(split_validation(data.x_train, data.y_train, 0.2, 4)[2], xv)
+    metrics = train(Backprop(MLP([1, 8, 8], 10, hidden=[32])), data,
+                    TrainConfig(epochs=2, progress=False, val_fraction=0.2), seed=3)
+    assert all(0.0 <= r["val_acc"] <= 1.0 and r["val_loss"] > 0 for r in metrics["history"])
+    assert metrics["val_acc"] == metrics["history"][-1]["val_acc"]
+    assert metrics["steps"] == 2 * -(-len(xt) // 64)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)

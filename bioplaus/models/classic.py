@@ -26,6 +26,7 @@ from bioplaus.encoding import Encoder, step_shape
 from bioplaus.errors import ConfigError
 from bioplaus.neurons import make_neuron
 
+NORMS = {"batch": nn.BatchNorm2d, "none": lambda c: nn.Identity()}
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 
@@ -113,14 +114,18 @@ class SpikingDense(nn.Module):
 
 class ConvBlock(nn.Module):
     """Conv3x3 (same padding) -> BatchNorm -> activation or neuron -> 2x2 max-pool.
+    norm="none": no BatchNorm and the conv gets a bias (what an energy-based rule such as EP needs).
 
     Static: [B, C, H, W] -> [B, C', H/2, W/2]. Spiking: [T, B, C, H, W] -> spikes [T, B, C', H/2, W/2]
     (conv and norm run on the merged [T*B] axis; pooling spikes keeps them binary)."""
 
-    def __init__(self, c_in: int, c_out: int, activation: str = "relu", neuron: dict | None = None):
+    def __init__(self, c_in: int, c_out: int, activation: str = "relu", neuron: dict | None = None,
+                 norm: str = "batch"):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(c_out)
+        if norm not in NORMS:
+            raise ConfigError(f"unknown model.norm '{norm}': choose one of {', '.join(NORMS)}")
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")
+        self.norm = NORMS[norm](c_out)
         self.spiking = neuron is not None
         self.act = make_neuron(size=c_out, **neuron) if self.spiking else _activation(activation)
         self.pool = nn.MaxPool2d(2)
@@ -173,12 +178,13 @@ class ConvNet(Layered):
     name = "convnet"
 
     def __init__(self, in_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (16, 32),
-                 activation: str = "relu"):
+                 activation: str = "relu", norm: str = "batch"):
         super().__init__()
         self.in_shape = tuple(int(d) for d in in_shape)
         chans = _check_widths("channels", channels)
         c, self.dims = _conv_dims(in_shape, chans)
-        self.layers = nn.ModuleList(ConvBlock(i, o, activation) for i, o in zip([c, *chans], chans))
+        self.norm = norm
+        self.layers = nn.ModuleList(ConvBlock(i, o, activation, norm=norm) for i, o in zip([c, *chans], chans))
         self.n_classes = int(n_classes)
         self.head = Readout(self.dims[-1], self.n_classes, spiking=False)
 
