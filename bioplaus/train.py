@@ -13,7 +13,9 @@ test_acc, train_acc, best_test_acc, train_time_s (training steps only, no evalua
 time_per_step_ms, peak_mem_mb (CPU: growth of resident memory over the run, sampled every 2 ms, after
 handing memory freed by earlier jobs back to the OS; CUDA: torch's peak allocated),
 saved_for_backward_mb (bytes autograd keeps for backward in the first update, parameters excluded:
-the activation memory a rule needs; 0 for a rule that keeps no graph), steps, epochs,
+the activation memory a rule needs; 0 for a rule that keeps no graph), held_for_backward_peak_mb (the most
+of those bytes held at one moment: less than the total for rules that free each layer's graph before the
+next layer runs; bioplaus.memory), steps, epochs,
 val_acc (last epoch's, when trainer.val_fraction > 0), passes_per_update (measured: forward/backward
 passes through the first layer in one update),
 train_mac_per_step / train_ac_per_step (every op of one update, whole batch), history (per-epoch
@@ -49,6 +51,7 @@ from bioplaus import checkpoint as ckpt
 from bioplaus import distributed as ddp
 from bioplaus.data import IGNORE_INDEX, Dataset, batches
 from bioplaus.errors import ConfigError
+from bioplaus.memory import SavedTensors
 from bioplaus.rules.base import LearningRule
 
 SCHEDULES = {
@@ -142,34 +145,6 @@ class PeakMemory:
             self._thread.join()
             self.peak_mb = max(self._max, self._rss_mb()) - self._base
         return False
-
-
-class SavedTensors:
-    """Bytes autograd keeps for backward while the context is open: each storage counted once, the
-    storages of `exclude` (the parameters, which exist anyway) not at all."""
-
-    def __init__(self, exclude=()):
-        self.bytes = 0
-        self._seen = {(p.untyped_storage().data_ptr(), p.device) for p in exclude}
-
-    def _pack(self, t: Tensor):
-        try:
-            key = (t.untyped_storage().data_ptr(), t.device)
-            size = t.untyped_storage().nbytes()
-        except (RuntimeError, NotImplementedError):
-            key, size = (id(t), t.device), t.numel() * t.element_size()
-        if key not in self._seen:
-            self._seen.add(key)
-            self.bytes += size
-        return t
-
-    def __enter__(self):
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 class UpdateCost:
@@ -311,7 +286,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         opt.load_state_dict(ck["optimizer"])
         ckpt.set_rng_state(ck["rng"], gen)
         steps, history, train_time = ck["steps"], ck["history"], ck["train_time_s"]
-        saved.bytes, cost.passes, cost.ops = ck["cost"]
+        saved.bytes, saved.peak, cost.passes, cost.ops = ck["cost"]
         start = ck["epoch"] + 1
         if ddp.is_main():
             print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
@@ -371,7 +346,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if checkpoint is not None and ddp.is_main():
                 ckpt.save(checkpoint, {"epoch": epoch, "rule": rule.state_dict(), "optimizer": opt.state_dict(),
                                        "rng": ckpt.rng_state(gen), "steps": steps, "history": history,
-                                       "train_time_s": train_time, "cost": (saved.bytes, cost.passes, cost.ops)})
+                                       "train_time_s": train_time,
+                                       "cost": (saved.bytes, saved.peak, cost.passes, cost.ops)})
     bar.close()
     test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, int(cfg.eval_batch_size), device, lm, parallel)
     ops = dict(zip(("mac", "ac"), ddp.all_sum([cost.ops["mac"], cost.ops["ac"]]))) if parallel else cost.ops
@@ -387,6 +363,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         "time_per_step_ms": 1000 * train_time / max(steps, 1),
         "peak_mem_mb": mem.peak_mb,
         "saved_for_backward_mb": saved.bytes / 2**20,
+        "held_for_backward_peak_mb": saved.peak / 2**20,
         "steps": steps,
         "epochs": int(cfg.epochs),
         "passes_per_update": cost.passes,

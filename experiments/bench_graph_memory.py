@@ -7,7 +7,7 @@ Per (rule, L), in a fresh subprocess (so the resident memory is that job's alone
   from the moment it is saved until autograd frees it; parameters excluded). SF runs each layer's backward
   before the next layer's forward, so this is one layer's worth; backprop keeps every layer's until the end.
 - saved_total_mb: every byte saved for backward over the whole update, each storage once, parameters
-  excluded: what the trainer reports as `saved_for_backward_mb` (bioplaus.train.SavedTensors). SF's is
+  excluded: what the trainer reports as `saved_for_backward_mb` (bioplaus.memory.SavedTensors). SF's is
   the sum over its layers, although they are never held together.
 - peak_heap_mb: the most heap bytes in use during the update above the level just before it (glibc's
   mallinfo2: bytes handed out by malloc, sampled every 0.5 ms; unlike resident memory it drops as soon as a
@@ -87,9 +87,8 @@ def one(rule_name: str, L: int, a) -> dict:
     from bioplaus.rules.forward_gnn import ForwardGNN
 
     from bioplaus.graphdata import sbm
-    from bioplaus.memory import LiveSaved
+    from bioplaus.memory import SavedTensors
     from bioplaus.models import GCN
-    from bioplaus.train import SavedTensors
 
     torch.set_num_threads(a.threads)
     C = 5
@@ -107,12 +106,8 @@ def one(rule_name: str, L: int, a) -> dict:
         rule.assign_credit(x, y)
 
     update()                                                      # warm-up (allocator, PyG caches)
-    with SavedTensors(exclude=params) as total:
+    with SavedTensors(exclude=params) as saved:                   # total saved and peak held at once
         update()
-    for p in params:
-        p.grad = None
-    with LiveSaved(exclude=params) as live:
-        rule.assign_credit(x, y)
     for p in params:
         p.grad = None
     meter, meter_name = heap_meter()
@@ -121,7 +116,7 @@ def one(rule_name: str, L: int, a) -> dict:
         rule.assign_credit(x, y)
     dt = time.perf_counter() - t0
     mb = 2**20
-    return {"rule": rule_name, "L": L, "live_peak_mb": live.peak / mb, "saved_total_mb": total.bytes / mb,
+    return {"rule": rule_name, "L": L, "live_peak_mb": saved.peak / mb, "saved_total_mb": saved.bytes / mb,
             "peak_heap_mb": meter.peak_mb, "meter": meter_name, "update_s": dt, "nodes": data.graph.num_nodes,
             "edges": data.graph.num_edges, "batch": len(x)}
 

@@ -17,9 +17,10 @@ from torch.utils._pytree import tree_flatten
 from bioplaus.data import fashion, spike_timing
 from bioplaus.encoding import encode
 from bioplaus.errors import ConfigError, UnsupportedModelError
+from bioplaus.memory import SavedTensors
 from bioplaus.models import Layered, RecurrentSpikingNet, SpikingMLP
 from bioplaus.surrogate import spike
-from bioplaus.train import SavedTensors, TrainConfig, train
+from bioplaus.train import TrainConfig, train
 
 
 def config_hparams(name):

@@ -10,7 +10,7 @@ from bioplaus.rules.readout_only import ReadoutOnly
 
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.graphdata import sbm
-from bioplaus.memory import LiveSaved
+from bioplaus.memory import SavedTensors
 from bioplaus.models import GCN, MLP, GraphSAGE
 from bioplaus.train import TrainConfig, train
 
@@ -127,7 +127,7 @@ def test_sf_inference_sums_the_per_layer_predictions(small):
 def _peak_saved(make_rule, data, L):
     torch.manual_seed(0)
     rule = make_rule(GCN([], data.n_classes, graph=data.graph, hidden=[64] * L))
-    with LiveSaved(exclude=list(rule.parameters())) as live:
+    with SavedTensors(exclude=list(rule.parameters())) as live:
         rule.assign_credit(data.x_train, data.y_train)
     assert live.live == 0                                                    # everything was freed
     return live.peak

@@ -10,8 +10,9 @@ from bioplaus.rules.tess import TESS, square_wave_projection
 
 from bioplaus.data import digits, fashion, spike_timing
 from bioplaus.errors import ConfigError, UnsupportedModelError
+from bioplaus.memory import SavedTensors
 from bioplaus.models import MLP, SpikingMLP
-from bioplaus.train import SavedTensors, TrainConfig, train
+from bioplaus.train import TrainConfig, train
 
 SOFT_DETACHED = {"kind": "lif", "tau": 2.0, "v_reset": None, "detach_reset": True}
 
