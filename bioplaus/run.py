@@ -110,6 +110,7 @@ def _run(cfg, out_dir: str | Path) -> dict:
 
     from bioplaus import distributed
     from bioplaus import stats as stats_mod
+    from bioplaus.models.graph import graph_kwargs
     from bioplaus.train import TrainConfig, train
 
     out_dir, main = Path(distributed.broadcast_object(str(out_dir))), distributed.is_main()
@@ -122,8 +123,6 @@ def _run(cfg, out_dir: str | Path) -> dict:
     device = distributed.local_device(device)
     tcfg = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
     data = _instantiate(cfg.data, "data")
-    from bioplaus.models.graph import graph_kwargs
-
     model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes,
                          **graph_kwargs(cfg.model, data))       # graph data: the model is built with the graph
     check_task(model, data)

@@ -64,6 +64,15 @@ class Synapse:
         z = self.module(s_in)
         return (F.max_pool2d(z, 2, return_indices=True) if self.pool else (z, None))
 
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample shape of s_out for an s_in of per-sample shape in_shape."""
+        m = self.module
+        if not self.conv:
+            return (m.out_features,)
+        hw = [(n + 2 * p - d * (k - 1) - 1) // st + 1
+              for n, p, d, k, st in zip(in_shape[-2:], m.padding, m.dilation, m.kernel_size, m.stride)]
+        return (m.out_channels, *[n // 2 for n in hw]) if self.pool else (m.out_channels, *hw)
+
     def feedback(self, s_out: Tensor, idx: Tensor | None, in_shape: torch.Size) -> Tensor:
         """W^T P^T s_out, shaped like s_in (the pooling routes s_out back to the maxima's positions)."""
         w = self.module.weight
@@ -156,12 +165,12 @@ class EquilibriumPropagation(LearningRule):
         return ce_nudge
 
     def _zero_states(self, x: Tensor) -> list[Tensor]:
-        with torch.no_grad():
-            shapes, h = [], x
-            for syn in self.synapses:
-                h = syn.drive(h)[0]
-                shapes.append(h.shape)
-        return [torch.zeros(s, device=x.device, dtype=x.dtype) for s in shapes]
+        """States at rest, shaped from the synapses (no pass through the network: it would cost ops)."""
+        shapes, shape = [], tuple(x.shape[1:])
+        for syn in self.synapses:
+            shape = syn.out_shape(shape)
+            shapes.append(shape)
+        return [x.new_zeros(len(x), *s) for s in shapes]
 
     @torch.no_grad()
     def relax(self, x: Tensor, states: list[Tensor], steps: int, y: Tensor | None = None, beta: float = 0.0,

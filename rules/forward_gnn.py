@@ -136,9 +136,8 @@ class ForwardGNN(GreedyLayers, LearningRule):
         labels = self.known if labels is None else labels
         nodes = torch.nonzero(labels >= 0).flatten()
         cls = labels[nodes] + self.V
-        links = torch.stack([torch.cat([nodes, cls]), torch.cat([cls, nodes])])
-        if self.class_edges == "to_class":
-            links = torch.stack([nodes, cls])
+        links = (torch.stack([nodes, cls]) if self.class_edges == "to_class"
+                 else torch.stack([torch.cat([nodes, cls]), torch.cat([cls, nodes])]))
         return torch.cat([self.model.edge_index, links], 1)
 
     def label_columns(self, labels: Tensor) -> Tensor:

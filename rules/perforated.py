@@ -182,6 +182,10 @@ class PerforatedLayer(nn.Module):
                 d.linear.weight.copy_(self.candidate.weight[rows])
                 d.linear.bias.copy_(self.candidate.bias[rows])
         self.dendrites.append(d)
+        self.clear_candidates()
+
+    def clear_candidates(self) -> None:
+        """Back to n-mode: no pool, no control copy, no correlation statistics."""
         self.candidate, self.ref_weight, self.ref_bias, self.running_cov, self.moments = None, None, None, None, None
 
     def dendrite_params(self) -> int:
@@ -275,8 +279,7 @@ class Perforated(LearningRule):
             if f"{prefix}candidate.weight" in state_dict:
                 layer.start_candidates(len(state_dict[f"{prefix}candidate.bias"]) // layer.out_features)
             else:
-                layer.candidate, layer.ref_weight, layer.ref_bias, layer.running_cov = None, None, None, None
-            layer.moments = None
+                layer.clear_candidates()
         if "log" in state_dict:
             self.log = torch.zeros_like(state_dict["log"], device=self.tracker.device)
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -313,11 +316,9 @@ class Perforated(LearningRule):
 
     def _correlation_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         us, es, loss = self.residual_errors(x, y)
-        objective, scores = 0.0, []
-        for layer, u, e in zip(self.wrapped().values(), us, es):
-            obj, score = layer.candidate_step(u, e, self.sign_momentum)
-            objective, scores = objective + obj, [*scores, score]
-        objective.backward()
+        steps = [layer.candidate_step(u, e, self.sign_momentum) for layer, u, e in zip(self.wrapped().values(), us, es)]
+        objectives, scores = zip(*steps)
+        sum(objectives).backward()
         return {"loss": loss, "correlation": sum(scores) / len(scores)}
 
     # ---- switching -------------------------------------------------------------------------------------

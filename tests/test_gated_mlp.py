@@ -68,8 +68,6 @@ def test_stats_count_dense_macs_per_layer(digits):
     assert all(r["sop"].sum() == 0 and "spike_counts" not in r for r in layers.values())
 
 
-
-
 def test_backprop_learns_digits_beyond_the_frozen_control(digits, one_thread):
     cfg = TrainConfig(epochs=8, progress=False)
     torch.manual_seed(0)

@@ -21,8 +21,6 @@ from bioplaus.run import check_task
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny graphs/nets run fastest on one thread
 
 
-
-
 def _labels(d):
     y = torch.full((d.graph.num_nodes,), -1)
     y[d.x_train], y[d.x_test] = d.y_train, d.y_test

@@ -17,7 +17,6 @@ from bioplaus.train import TrainConfig, train
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny graphs/nets run fastest on one thread
 
 
-
 FULL_BATCH = TrainConfig(epochs=200, batch_size=100_000, progress=False)     # configs/experiment/graph.yaml
 
 

@@ -23,8 +23,6 @@ from bioplaus.train import TrainConfig, train
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny nets run fastest on one thread
 
 
-
-
 def bottleneck() -> MLP:
     return MLP([1, 8, 8], 10, hidden=[4])
 

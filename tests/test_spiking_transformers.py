@@ -193,8 +193,6 @@ def test_bad_settings():
         Spikformer([1, 8, 8], 10, neuron={"kind": "gated_lif"})
 
 
-
-
 @pytest.mark.parametrize("cls,floor", [(Spikformer, 0.9), (SpikeDrivenTransformer, 0.9)])
 def test_backprop_learns_digits(cls, floor, digits, one_thread):
     torch.manual_seed(0)

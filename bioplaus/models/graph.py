@@ -53,6 +53,7 @@ class GNN(Layered):
 
     graph_model = True
     name = "gnn"
+    conv: tuple[str, dict] = ("GCNConv", {})     # the torch_geometric.nn layer of each block, and its keywords
 
     def __init__(self, in_shape: Sequence[int], n_classes: int, graph: Graph | None = None,
                  hidden: Sequence[int] = (128, 128), activation: str = "relu", dropout: float = 0.0):
@@ -73,11 +74,11 @@ class GNN(Layered):
         self.head = nn.Linear(widths[-1], self.n_classes)
         self.extra_inputs = 0
 
-    def _conv(self, d_in: int, d_out: int) -> nn.Module:
-        raise NotImplementedError
-
     def _layer(self, d_in: int, d_out: int) -> GraphLayer:
-        return GraphLayer(self._conv(d_in, d_out), self.activation, self.dropout)
+        import torch_geometric.nn as pyg_nn
+
+        name, kwargs = self.conv
+        return GraphLayer(getattr(pyg_nn, name)(d_in, d_out, **kwargs), self.activation, self.dropout)
 
     @property
     def num_nodes(self) -> int:
@@ -122,22 +123,14 @@ class GCN(GNN):
     """Graph convolutional network: GCNConv (symmetric normalisation, self loops) -> activation, per layer."""
 
     name = "gcn"
-
-    def _conv(self, d_in: int, d_out: int) -> nn.Module:
-        from torch_geometric.nn import GCNConv
-
-        return GCNConv(d_in, d_out)
+    conv = ("GCNConv", {})
 
 
 class GraphSAGE(GNN):
     """GraphSAGE with the mean aggregator: SAGEConv (root weight + mean of neighbours) -> activation."""
 
     name = "sage"
-
-    def _conv(self, d_in: int, d_out: int) -> nn.Module:
-        from torch_geometric.nn import SAGEConv
-
-        return SAGEConv(d_in, d_out, aggr="mean")
+    conv = ("SAGEConv", {"aggr": "mean"})
 
 
 def graph_kwargs(model_cfg, data) -> dict:
