@@ -7,7 +7,8 @@ crash mid-write leaves the previous checkpoint whole) holds
     rule             rule.state_dict(): the model and every net/buffer the rule owns
     optimizer        optimizer.state_dict() (Adam moments, step counts)
     rng              torch's global RNG, Python's and NumPy's, and the trainer's shuffling generator
-    progress         steps, history, training time and the first update's measured cost
+    steps, history   updates made and the per-epoch rows so far
+    meter            the training meter's state: training time and the first update's measured cost
 
 On CPU a resumed run reproduces the uninterrupted run's metrics bit for bit (tests/test_checkpoint.py).
 """

@@ -19,8 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from bioplaus.atomic import atomic_write
 from bioplaus.errors import ConfigError
-from bioplaus.stats.export import atomic_write
 
 CONTROL = "readout_only"
 COLUMNS = ["data", "model", "rule", "seeds", "test_acc", "test_acc_std", "margin_vs_control", "train_acc",

@@ -222,3 +222,109 @@ def stats_reducer():
             j += 2
         return out_spikes, counts, int(round(chunks[-1].item()))
     return reduce
+
+
+class Local:
+    """The trainer's parallel hooks for one process: each one does nothing (or hands its input back), so the
+    training loop has no parallel branches. `for_training` returns this, `DataParallel` or `BlockParallel`."""
+
+    active = False
+
+    def start(self, rule, batch_size: int) -> None:
+        """Before training: make every rank start from rank 0's state."""
+
+    def share(self, xb, yb):
+        """This rank's part of a global batch: (x, y, n_local, n_global)."""
+        return xb, yb, len(xb), len(xb)
+
+    def reduce(self, params, logs: dict, n_local: int, n_global: int) -> dict:
+        """After assign_credit: combine the ranks' gradients and logs."""
+        return logs
+
+    def sync_buffers(self, rule) -> None:
+        """After an epoch's training: rank 0's buffers everywhere (running statistics)."""
+
+    def sync(self, rule) -> None:
+        """After the rule rebuilt its parameter set: rank 0's parameters and buffers everywhere."""
+
+    def shard(self, *tensors):
+        """This rank's share of an evaluation set (every tensor's leading dim)."""
+        return tensors if len(tensors) > 1 else tensors[0]
+
+    def sum(self, values) -> list:
+        """Numbers summed over ranks."""
+        return list(values)
+
+    def stats_split(self, x):
+        """(this rank's statistics samples, the `reduce` hook for bioplaus.stats.collect or None)."""
+        return x, None
+
+    def is_main(self) -> bool:
+        return True
+
+
+class DataParallel(Local):
+    """Data parallel: each rank trains on its contiguous share of every global batch; gradients and logs are
+    averaged by share (see the module docstring)."""
+
+    active = True
+
+    def __init__(self):
+        self._log_keys: list[str] | None = None
+
+    def start(self, rule, batch_size: int) -> None:
+        if int(batch_size) < world_size():
+            raise ConfigError(f"trainer.batch_size ({batch_size}) must be >= the number of ranks "
+                              f"({world_size()}) for data-parallel training")
+        sync_module(rule)
+
+    def share(self, xb, yb):
+        n_global = len(xb)
+        xb, yb = shard(xb, yb)
+        return xb, yb, len(xb), n_global
+
+    def reduce(self, params, logs: dict, n_local: int, n_global: int) -> dict:
+        if self._log_keys is None:
+            self._log_keys = log_keys(logs)
+        reduce_grads(params, n_local, n_global)
+        return reduce_logs(logs, self._log_keys, n_local, n_global)
+
+    def sync_buffers(self, rule) -> None:
+        sync_module(rule, buffers_only=True)
+
+    def sync(self, rule) -> None:
+        sync_module(rule)
+
+    def shard(self, *tensors):
+        return shard(*tensors)
+
+    def sum(self, values) -> list:
+        return all_sum(values)
+
+    def stats_split(self, x):
+        if len(x) < world_size():                  # every rank needs a sample: collect on rank 0's whole set
+            return x, None
+        return shard(x), stats_reducer()
+
+    def is_main(self) -> bool:
+        return is_main()
+
+
+class BlockParallel(DataParallel):
+    """For a rule with parallel_split = "blocks" (NoProp's block_parallel): every rank sees the whole batch and
+    trains its share of the rule's blocks (`rule.set_partition`); gradients are summed, not averaged."""
+
+    def start(self, rule, batch_size: int) -> None:
+        super().start(rule, batch_size)
+        rule.set_partition(rank(), world_size())
+
+    def share(self, xb, yb):
+        return xb, yb, len(xb), len(xb)
+
+
+def for_training(rule, mode="auto") -> Local:
+    """The parallel hooks for training `rule` under trainer.ddp = mode: Local in one process, else
+    BlockParallel or DataParallel by the rule's `parallel_split`."""
+    if not active(mode):
+        return Local()
+    return BlockParallel() if rule.parallel_split == "blocks" else DataParallel()

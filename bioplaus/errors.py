@@ -11,3 +11,15 @@ class ConfigError(ValueError):
 
 class UnsupportedModelError(ConfigError):
     """A rule was paired with a model it cannot train."""
+
+
+def require(module: str, who: str, install: str):
+    """Import an optional dependency, or raise one ConfigError saying who needs it and how to install it.
+
+        require("torch_geometric", "graph models and PyG data need", "pip install -e '.[graph]'")"""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{who} {module.split('.')[0]}, which is not installed: {install}") from None

@@ -23,34 +23,34 @@ no Hydra output dir or log), evaluation and statistics are summed over the ranks
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import os
 import platform
 import random
-import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from bioplaus import __version__
+from bioplaus import __version__, distributed, stats
+from bioplaus.atomic import atomic_write
+from bioplaus.data import Dataset
 from bioplaus.errors import ConfigError
+from bioplaus.models.base import Layered, model_name
+from bioplaus.neurons.encoding import Encoder
+from bioplaus.rules.base import LearningRule
+from bioplaus.stats.energy import EnergyModel
+from bioplaus.train import TrainConfig, train
 
 GROUPS = ("rule", "model", "data", "trainer", "stats", "experiment", "arm")
-
-
-def snake(name: str) -> str:
-    """'SpikingMLP' -> 'spiking_mlp', 'LocalClassifiers' -> 'local_classifiers'."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-
-
-def label(obj) -> str:
-    """Short name of a rule/model for tables: its `name` attribute, else its class name in snake_case."""
-    return getattr(obj, "name", None) or snake(type(obj).__name__)
 
 
 def versions() -> dict[str, str]:
@@ -68,8 +68,6 @@ def seed_everything(seed: int) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (temp file in the same dir, then rename)."""
-    from bioplaus.stats import atomic_write
-
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=float)))
 
 
@@ -87,7 +85,7 @@ def _instantiate(node, what: str, **kw):
         if isinstance(cause, ConfigError):
             raise cause from None
         msg = str(e).splitlines()[0]
-        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
         if "Error locating target" in msg:
             raise ConfigError(f"cannot import {what}._target_ '{target}': check the module is importable "
                               "(on PYTHONPATH) and the class name is spelled right") from None
@@ -96,93 +94,127 @@ def _instantiate(node, what: str, **kw):
         raise
 
 
+@dataclass
+class Job:
+    """Everything one run is built from, checked before any training starts."""
+
+    seed: int
+    device: torch.device
+    trainer: TrainConfig
+    data: Dataset
+    model: nn.Module
+    rule: LearningRule
+    energy: EnergyModel
+
+    @property
+    def names(self) -> dict[str, str]:
+        """The run's labels in metrics and tables: rule, model and data names."""
+        return {"rule": self.rule.name, "model": model_name(self.model), "data": self.data.name}
+
+    @property
+    def desc(self) -> str:
+        n = self.names
+        return f"{n['rule']}/{n['model']}/{n['data']} s{self.seed}"
+
+
+def build(cfg) -> Job:
+    """Seed, device, trainer settings, energy model, data, model and rule from the composed config, every
+    pairing checked (`check_fit`): a ConfigError before any training when something does not fit."""
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = distributed.local_device(device)
+    trainer = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
+    energy = EnergyModel.from_config(cfg.stats.energy)
+    data = _instantiate(cfg.data, "data")
+    model = _instantiate(cfg.model, "model", **model_kwargs(cfg.model, data))
+    check_fit(model, data)
+    rule = _instantiate(cfg.rule, "rule", model=model)
+    return Job(seed, device, trainer, data, model, rule, energy)
+
+
+def model_kwargs(model_cfg, data: Dataset) -> dict:
+    """What the data offer the model (`Dataset.model_kwargs()`: in_shape, n_classes, and the graph for graph data),
+    narrowed to the arguments the configured model class takes; the model takes what it needs."""
+    from hydra.utils import get_class
+
+    offered = data.model_kwargs()
+    try:
+        params = inspect.signature(get_class(model_cfg.get("_target_", ""))).parameters
+    except Exception:                            # an unimportable target: instantiate reports it
+        return offered
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return offered
+    return {k: v for k, v in offered.items() if k in params}
+
+
+def check_fit(model: nn.Module, data: Dataset) -> None:
+    """The model must fit the data: graph models (`model.graph_model`) go with graph data (`data.graph_data`:
+    samples are node ids) and only with it; the model's task (`model.task`) is the data's (per-token logits for
+    lm data); spike-train data are read as given (model.encoding=given), not encoded again."""
+    name = model_name(model)
+    graph_model = isinstance(model, Layered) and model.graph_model
+    if data.graph_data and not graph_model:
+        raise ConfigError(f"data {data.name} is a graph (samples are node ids) but model {name} is not a graph model: "
+                          "use model=gcn or model=sage")
+    if graph_model and not data.graph_data:
+        raise ConfigError(f"model {name} is a graph model and needs graph data: use data=sbm, data=karate or "
+                          "data=pyg")
+    encoder = model.encoder if isinstance(model, Layered) else None
+    if data.spike_train and isinstance(encoder, Encoder) and encoder.kind != "given":
+        T = data.in_shape[0]
+        raise ConfigError(f"data {data.name} already is spike trains [T={T}, ...] but model {name} "
+                          f"encodes its input ({encoder.kind}): use model.encoding=given model.T={T}")
+    task = model.task if isinstance(model, Layered) else "classify"
+    if task != data.task:
+        raise ConfigError(f"model {name} does {task} but data {data.name} is a {data.task} task: "
+                          + ("use a sequence model (model=gated_lm or model=spiking_rwkv)" if data.task == "lm"
+                             else "pick classification data for it (e.g. data=digits_seq) or another model"))
+
+
 def run(cfg, out_dir: str | Path) -> dict:
     """Run one job from a composed config; write stats.h5 and metrics.json into out_dir; return metrics.
     Launched by torchrun, the job trains data parallel and only rank 0 writes, into rank 0's out_dir."""
-    from bioplaus import distributed
-
     with distributed.process_group(cfg.trainer.get("ddp", "auto"), cfg.device):
         return _run(cfg, out_dir)
 
 
 def _run(cfg, out_dir: str | Path) -> dict:
-    from omegaconf import OmegaConf
-
-    from bioplaus import distributed
-    from bioplaus import stats as stats_mod
-    from bioplaus.models.graph import graph_kwargs
-    from bioplaus.train import TrainConfig, train
-
-    out_dir, main = Path(distributed.broadcast_object(str(out_dir))), distributed.is_main()
+    """build -> check -> train -> report -> write."""
+    out_dir = Path(distributed.broadcast_object(str(out_dir)))
+    main = distributed.is_main()
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                          else cfg.device)
-    device = distributed.local_device(device)
-    tcfg = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
-    data = _instantiate(cfg.data, "data")
-    model = _instantiate(cfg.model, "model", in_shape=list(data.in_shape), n_classes=data.n_classes,
-                         **graph_kwargs(cfg.model, data))       # graph data: the model is built with the graph
-    check_task(model, data)
-    rule = _instantiate(cfg.rule, "rule", model=model)
-    names = {"rule": label(rule), "model": label(model), "data": data.name}
-    metrics = train(rule, data, tcfg, seed=seed, device=device,
-                    desc=f"{names['rule']}/{names['model']}/{data.name} s{seed}",
-                    checkpoint=str(out_dir / "checkpoint.pt") if tcfg.checkpoint else None)
-    metrics.update(names, seed=seed, device=str(device), versions=versions())
-    if hasattr(rule, "extra_metrics"):            # optional: what a rule reports about itself (dendrite growth)
-        metrics.update(rule.extra_metrics())
-    if distributed.active(tcfg.ddp):
-        metrics["world_size"] = distributed.world_size()
-    energy = stats_mod.EnergyModel.from_config(cfg.stats.energy)
-    train_cost = {"mac_per_step": metrics["train_mac_per_step"], "ac_per_step": metrics["train_ac_per_step"],
-                  "energy_pj_per_step": energy.compute_pj(metrics["train_mac_per_step"], metrics["train_ac_per_step"]),
-                  "passes_per_update": metrics["passes_per_update"], "batch_size": int(tcfg.batch_size)}
-    metrics["train_energy_pj_per_step"] = train_cost["energy_pj_per_step"]
-    if cfg.stats.enabled:
-        n = cfg.stats.n_samples or len(data.x_test)
-        xs, reduce = data.x_test[:n], None
-        if distributed.active(tcfg.ddp) and len(xs) >= distributed.world_size():   # shards, totals summed
-            xs, reduce = distributed.shard(xs), distributed.stats_reducer()
-        layers = stats_mod.collect(model, xs, energy, batch_size=int(cfg.stats.batch_size), rule=rule,
-                                   reduce=reduce)
-        summary = {**stats_mod.summary(layers), "train_mac_per_step": train_cost["mac_per_step"],
-                   "train_ac_per_step": train_cost["ac_per_step"],
-                   "train_energy_pj_per_step": train_cost["energy_pj_per_step"]}
-        attrs = {**names, "seed": seed, "n_samples": int(n), "energy": energy.as_dict(),
-                 "train_cost": train_cost, "config": OmegaConf.to_yaml(cfg), "versions": versions()}
-        if main:
-            stats_mod.write_h5(out_dir / "stats.h5", layers, summary, attrs)
-            stats_mod.write_flat(out_dir, layers, summary, attrs)
-        metrics["stats"] = summary
+    job = build(cfg)
+    metrics = train(job.rule, job.data, job.trainer, seed=job.seed, device=job.device, desc=job.desc,
+                    checkpoint=str(out_dir / "checkpoint.pt") if job.trainer.checkpoint else None)
+    metrics.update(job.names, seed=job.seed, device=str(job.device), versions=versions(), **job.rule.extra_metrics())
+    rep = _report(cfg, job, metrics)
+    metrics.update(rep.metrics())
     if main:
+        rep.write(out_dir)
         write_json(out_dir / "metrics.json", metrics)
-    if data.task == "lm" and main:
-        print(f"{names['rule']}/{names['model']}/{data.name} s{seed}: test_loss {metrics['test_loss']:.4f} nats/token "
-              f"({metrics['bits_per_char']:.3f} bits) vs unigram {metrics['unigram_loss']:.4f}; "
-              f"test_acc {metrics['test_acc']:.4f}", flush=True)
+        if job.data.task == "lm":
+            print(f"{job.desc}: test_loss {metrics['test_loss']:.4f} nats/token ({metrics['bits_per_char']:.3f} bits) "
+                  f"vs unigram {metrics['unigram_loss']:.4f}; test_acc {metrics['test_acc']:.4f}", flush=True)
     return metrics
 
 
-def check_task(model, data) -> None:
-    """A model's task (`model.task`, default "classify") must be the data's: per-token logits for lm data;
-    spike-train data must be read as given (model.encoding=given), not encoded again; graph models
-    (`model.graph_model`) go with graph data (`data.graph`, node ids as samples) and only with it."""
-    encoder = getattr(model, "encoder", None)
-    if data.spike_train and encoder is not None and encoder.kind != "given":
-        T = data.in_shape[0]
-        raise ConfigError(f"data {data.name} already is spike trains [T={T}, ...] but model {label(model)} "
-                          f"encodes its input ({encoder.kind}): use model.encoding=given model.T={T}")
-    if bool(getattr(model, "graph_model", False)) != (getattr(data, "graph", None) is not None):
-        raise ConfigError(f"model {label(model)} and data {data.name} do not fit: graph models (model=gcn, model=sage) "
-                          "need graph data (data=sbm, data=karate, data=pyg) and graph data needs a graph model")
-    task = getattr(model, "task", "classify")
-    if task != data.task:
-        raise ConfigError(f"model {label(model)} does {task} but data {data.name} is a {data.task} task: "
-                          + ("use a sequence model (model=gated_lm or model=spiking_rwkv)" if data.task == "lm"
-                             else "pick classification data for it (e.g. data=digits_seq) or another model"))
+def _report(cfg, job: Job, metrics: dict) -> stats.Report:
+    """The statistics of the trained model's inference on the test set (stats.enabled) and the priced training
+    cost; under data parallel each rank collects its shard and the totals are summed."""
+    par = distributed.for_training(job.rule, job.trainer.ddp)
+    if par.active:
+        metrics["world_size"] = distributed.world_size()
+    x_stats, reduce = None, None
+    n = 0
+    if cfg.stats.enabled:
+        n = cfg.stats.n_samples or len(job.data.x_test)
+        x_stats, reduce = par.stats_split(job.data.x_test[:n])
+    attrs = {**job.names, "seed": job.seed, "n_samples": int(n), "config": OmegaConf.to_yaml(cfg),
+             "versions": versions()}
+    return stats.report(job.rule, x_stats, job.energy, metrics, job.trainer.batch_size,
+                        stats_batch_size=int(cfg.stats.batch_size), attrs=attrs, reduce=reduce)
 
 
 def _available(group: str) -> list[str]:

@@ -7,13 +7,13 @@ Per (rule, L), in a fresh subprocess (so the resident memory is that job's alone
   from the moment it is saved until autograd frees it; parameters excluded). SF runs each layer's backward
   before the next layer's forward, so this is one layer's worth; backprop keeps every layer's until the end.
 - saved_total_mb: every byte saved for backward over the whole update, each storage once, parameters
-  excluded: what the trainer reports as `saved_for_backward_mb` (bioplaus.memory.SavedTensors). SF's is
+  excluded: what the trainer reports as `saved_for_backward_mb` (bioplaus.stats.memory.SavedTensors). SF's is
   the sum over its layers, although they are never held together.
 - peak_heap_mb: the most heap bytes in use during the update above the level just before it (glibc's
   mallinfo2: bytes handed out by malloc, sampled every 0.5 ms; unlike resident memory it drops as soon as a
   tensor is freed; repeated runs give the same figure to 0.1 MB): every tensor counts here, also those
   not saved for backward (the message tensors [E, d] of each propagation, gradients, GCN normalisation).
-  Without glibc: growth of resident memory instead (bioplaus.train.PeakMemory), a coarser measure.
+  Without glibc: growth of resident memory instead (bioplaus.stats.memory.PeakMemory), a coarser measure.
 Prints a table with the BP / SF ratios and each rule's L=4 / L=1 growth. No test asserts these figures
 (tests/test_rule_forward_gnn.py checks the flat live peak on a small graph); results/rules.md records them.
 
@@ -68,13 +68,13 @@ class HeapPeak:
 
 
 def heap_meter():
-    """HeapPeak where glibc has mallinfo2, else resident-memory growth (bioplaus.train.PeakMemory)."""
+    """HeapPeak where glibc has mallinfo2, else resident-memory growth (bioplaus.stats.memory.PeakMemory)."""
     try:
         return HeapPeak(), "peak heap"
     except (OSError, AttributeError):
         import torch
 
-        from bioplaus.train import PeakMemory
+        from bioplaus.stats.memory import PeakMemory
 
         return PeakMemory(torch.device("cpu")), "peak RSS growth"
 
@@ -83,12 +83,12 @@ def one(rule_name: str, L: int, a) -> dict:
     import time
 
     import torch
+
+    from bioplaus.data.graphs import sbm
+    from bioplaus.models import GCN
     from bioplaus.rules.backprop import Backprop
     from bioplaus.rules.forward_gnn import ForwardGNN
-
-    from bioplaus.graphdata import sbm
-    from bioplaus.memory import SavedTensors
-    from bioplaus.models import GCN
+    from bioplaus.stats.memory import SavedTensors
 
     torch.set_num_threads(a.threads)
     C = 5

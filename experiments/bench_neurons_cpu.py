@@ -27,7 +27,6 @@ import torch
 
 def make_impls():
     from bioplaus.kernels import leaky_scan_naive
-
     from bioplaus.neurons import LIFNode
 
     impls = {}

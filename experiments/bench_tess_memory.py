@@ -1,7 +1,7 @@
 """Training memory of TESS vs BPTT at T=10 and T=100 on the same spiking MLP: one update each.
 
 Per (rule, T), in a fresh subprocess (so peak RSS is that job's alone):
-- held_bytes: bytes autograd saves for backward (bioplaus.memory.SavedTensors, parameters excluded)
+- held_bytes: bytes autograd saves for backward (bioplaus.stats.memory.SavedTensors, parameters excluded)
   plus the rule's own state (TESS: traces, membranes and the running spike sum, `rule.state_bytes`).
 - peak_rss_mb: growth of the process's peak resident memory over the update (ru_maxrss after minus the
   resident size just before; the input batch and parameters exist before and are not counted).
@@ -22,11 +22,11 @@ import sys
 
 def one(rule_name: str, T: int, batch: int, hidden: list[int]) -> dict:
     import torch
+
+    from bioplaus.models import SpikingMLP
     from bioplaus.rules.backprop import Backprop
     from bioplaus.rules.tess import TESS
-
-    from bioplaus.memory import SavedTensors
-    from bioplaus.models import SpikingMLP
+    from bioplaus.stats.memory import SavedTensors
 
     torch.manual_seed(0)
     model = SpikingMLP((1, 28, 28), 10, hidden=hidden, T=T, encoding="rate")

@@ -27,8 +27,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from bioplaus.kernels import gla_triton
 from torch import Tensor
+
+from bioplaus.kernels import gla_triton
 
 
 def _check(q, k, v, g, initial_state):

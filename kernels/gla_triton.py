@@ -11,6 +11,7 @@ K and V are padded to powers of two inside the kernel (masked). Shapes as in bio
 from __future__ import annotations
 
 import torch
+
 from bioplaus.kernels.leaky_scan_triton import available, triton
 
 if triton is not None:

@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
+
 from bioplaus.kernels import leaky_scan_cpu, leaky_scan_triton
 from bioplaus.kernels.surrogate import SurrogateSpec, lookup
-from torch import Tensor
 
 RESETS = ("hard", "soft", "none")
 Decay = float | Tensor

@@ -8,8 +8,9 @@ The reference every other rule is compared with: cross-entropy on the model's lo
 from __future__ import annotations
 
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor
+
+from bioplaus.rules.base import LearningRule
 
 
 class Backprop(LearningRule):

@@ -49,10 +49,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
+from bioplaus.models import MLP, ConvNet, SpikingMLP
+from bioplaus.rules.base import LearningRule, check_choice
 
 TASKS = ("classify", "autoencode")
 NORMALIZE = ("auto", "feedback", "both", "none")
@@ -86,7 +87,7 @@ class _Map(nn.Module):
 
 def _widths(model) -> tuple[str, list[int]]:
     """Map kind for model.layers ("dense" or "up"), and the channels or widths at depths 0..L."""
-    if type(model).__name__ == "ConvNet":
+    if isinstance(model, ConvNet):
         return "up", [model.layers[0].conv.in_channels] + [b.conv.out_channels for b in model.layers]
     return "dense", [model.layers[0].linear.in_features] + [int(d) for d in model.dims]
 
@@ -95,7 +96,7 @@ class CounterCurrent(LearningRule):
     """CCL: the forward layers and a rule-owned mirrored feedback net pull each other's activity together."""
 
     name = "ccl"
-    supported_models = ("MLP", "ConvNet", "SpikingMLP")
+    supported_models = (MLP, ConvNet, SpikingMLP)
 
     def __init__(self, model, task: str = "classify", normalize: str = "auto", scale_c: float = 1.0,
                  scale_ssl: float = 0.0, filter_target: float = 0.0, feedback_activation: str = "elu",
@@ -103,17 +104,16 @@ class CounterCurrent(LearningRule):
         super().__init__(model)
         for key, value, allowed in (("task", task, TASKS), ("normalize", normalize, NORMALIZE),
                                     ("feedback_activation", feedback_activation, ACTIVATIONS)):
-            if value not in allowed:
-                raise ConfigError(f"unknown rule.{key} '{value}': choose one of {', '.join(allowed)}")
+            check_choice(key, value, allowed)
         if not 0.0 <= float(filter_target) < 1.0:
             raise ConfigError(f"rule.filter_target must be in [0, 1) (0 = off), got {filter_target}")
         if min(float(scale_c), float(scale_ssl), float(feedback_lr_scale), float(ae_init_scale)) < 0:
             raise ConfigError("rule.scale_c, scale_ssl, feedback_lr_scale and ae_init_scale must be >= 0")
         if task == "autoencode" and model.spiking:
-            raise ConfigError(f"rule.task=autoencode supports MLP and ConvNet, not {type(model).__name__}; "
+            raise ConfigError(f"rule.task=autoencode supports mlp and convnet, not {model.name}; "
                               "use rule.task=classify, or model=mlp / model=convnet")
         if normalize == "auto":
-            normalize = "both" if type(model).__name__ == "ConvNet" else "feedback"
+            normalize = "both" if isinstance(model, ConvNet) else "feedback"
         self.task, self.normalize = task, normalize
         self.scale_c, self.scale_ssl, self.filter_target = float(scale_c), float(scale_ssl), float(filter_target)
         self.feedback_lr_scale = float(feedback_lr_scale)
@@ -137,7 +137,7 @@ class CounterCurrent(LearningRule):
 
     def param_groups(self) -> list[dict]:
         fwd = [p for p in self.model.parameters() if p.requires_grad] + list(self.decoder.parameters())
-        return [{"params": fwd}, {"params": list(self.feedback.parameters()), "lr_scale": self.feedback_lr_scale}]
+        return [self.group(fwd), self.group(self.feedback.parameters(), self.feedback_lr_scale)]
 
     # ---- the two nets -------------------------------------------------------------------------------
     def _rate(self, h: Tensor) -> Tensor:

@@ -49,12 +49,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor, nn
 
-from bioplaus.encoding import encode_step
 from bioplaus.errors import ConfigError
-from bioplaus.surrogate import get as get_surrogate
+from bioplaus.models import RecurrentSpikingNet
+from bioplaus.neurons.encoding import encode_step
+from bioplaus.neurons.surrogate import get as get_surrogate
+from bioplaus.rules.base import LearningRule, check_choice, check_positive
 
 FEEDBACKS = ("symmetric", "random")
 
@@ -63,18 +64,15 @@ class EProp(LearningRule):
     """e-prop for `RecurrentSpikingNet`: eligibility traces x learning signal, one forward pass, no BPTT."""
 
     name = "eprop"
-    supported_models = ("RecurrentSpikingNet",)
+    supported_models = (RecurrentSpikingNet,)
 
     def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int | None = None,
                  kappa: float = 0.0, lr_scale: float = 5.0):
         super().__init__(model)
-        if feedback not in FEEDBACKS:
-            raise ConfigError(f"unknown rule.feedback '{feedback}' for e-prop: choose one of {', '.join(FEEDBACKS)}")
+        check_choice("feedback", feedback, FEEDBACKS, "e-prop")
         if not 0.0 <= float(kappa) <= 1.0:
             raise ConfigError(f"rule.kappa (the readout filter) must be in [0, 1], got {kappa}")
-        if not (float(lr_scale) > 0 and math.isfinite(float(lr_scale))):
-            raise ConfigError(f"rule.lr_scale must be a positive number, got {lr_scale}")
-        self.feedback, self.kappa, self.lr_scale = feedback, float(kappa), float(lr_scale)
+        self.feedback, self.kappa, self.lr_scale = feedback, float(kappa), check_positive("lr_scale", lr_scale)
         W = model.head.linear.weight.detach()
         if feedback == "random":
             gen = None if feedback_seed is None else torch.Generator().manual_seed(int(feedback_seed))
@@ -85,9 +83,6 @@ class EProp(LearningRule):
     def feedback_weights(self) -> Tensor:
         """Bfb [C, H]: the matrix that carries the output error to the hidden neurons."""
         return self.feedback_matrix if self.feedback == "random" else self.model.head.linear.weight.detach()
-
-    def param_groups(self) -> list[dict]:
-        return [{"params": self.trainable_parameters(), "lr_scale": self.lr_scale}]
 
     @torch.no_grad()
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:

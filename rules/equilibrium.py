@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
+from bioplaus.models import MLP, ConvNet
+from bioplaus.rules.base import LearningRule, check_choice
 
 ACTIVATIONS = {   # bounded rho; the names follow the official code (Laborieux-Axel/Equilibrium-Propagation)
     "hard_sigmoid": lambda u: (1 + F.hardtanh(u - 1)) * 0.5,        # clip(u / 2, 0, 1)
@@ -110,23 +111,21 @@ class EquilibriumPropagation(LearningRule):
     """EP on MLP / ConvNet(norm=none): free phase, (symmetric) nudged phases, contrastive update of dPhi/dW."""
 
     name = "ep"
-    supported_models = ("MLP", "ConvNet")
+    supported_models = (MLP, ConvNet)
 
     def __init__(self, model, beta: float = 0.5, T1: int = 20, T2: int = 8, symmetric: bool = True,
                  random_sign: bool = False, loss: str = "mse", activation: str = "my_hard_sig",
                  T_inference: int | None = None, lr_scales: list[float] | None = None):
         super().__init__(model)
-        if loss not in LOSSES:
-            raise ConfigError(f"unknown rule.loss '{loss}' for ep: choose one of {', '.join(LOSSES)}")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown rule.activation '{activation}' for ep: choose one of {', '.join(ACTIVATIONS)}")
+        check_choice("loss", loss, LOSSES, "ep")
+        check_choice("activation", activation, ACTIVATIONS, "ep")
         if not float(beta) > 0:
             raise ConfigError(f"rule.beta must be > 0 (the nudging strength), got {beta}")
         if int(T1) < 1 or int(T2) < 1:
             raise ConfigError(f"rule.T1 and rule.T2 (relaxation steps) must be >= 1, got T1={T1}, T2={T2}")
         if symmetric and random_sign:
             raise ConfigError("rule.symmetric and rule.random_sign are alternatives: set one of them to false")
-        if type(model).__name__ == "ConvNet" and getattr(model, "norm", "batch") != "none":
+        if isinstance(model, ConvNet) and model.norm != "none":
             raise ConfigError("ep needs a ConvNet without BatchNorm (it is not part of an energy): "
                               "use model=convnet model.norm=none")
         self.beta, self.T1, self.T2 = float(beta), int(T1), int(T2)
@@ -134,8 +133,8 @@ class EquilibriumPropagation(LearningRule):
         self.activation, self.rho = activation, ACTIVATIONS[activation]
         self.T_inference = int(T_inference) if T_inference is not None else self.T1
         layers = list(model.layers)
-        self.synapses = [Synapse(m.conv if hasattr(m, "conv") else m.linear, pool=hasattr(m, "conv"))
-                         for m in layers]
+        conv = isinstance(model, ConvNet)
+        self.synapses = [Synapse(m.conv if conv else m.linear, pool=conv) for m in layers]
         self.head = model.head.linear
         if loss == "mse":                                  # the head is the energy's last layer
             self.synapses.append(Synapse(self.head, pool=False))
@@ -250,8 +249,7 @@ class EquilibriumPropagation(LearningRule):
 
     def param_groups(self) -> list[dict]:
         if self.lr_scales is None:
-            return [{"params": self.trainable_parameters()}]
+            return super().param_groups()
         mods = [*self.model.layers, self.model.head]
-        groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": s}
-                  for m, s in zip(mods, self.lr_scales)]
+        groups = [self.group([p for p in m.parameters() if p.requires_grad], s) for m, s in zip(mods, self.lr_scales)]
         return [g for g in groups if g["params"]]

@@ -46,12 +46,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor, nn
 
-from bioplaus.errors import ConfigError, UnsupportedModelError
+from bioplaus.errors import UnsupportedModelError
+from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.rules.base import LearningRule, check_choice, check_positive
 
-SUPPORTED = ("MLP", "ConvNet", "SpikingMLP", "SpikingConvNet")
+SUPPORTED = (MLP, ConvNet, SpikingMLP, SpikingConvNet)
 SIGN_MODES = ("usf", "frsf", "brsf")
 
 
@@ -99,27 +100,16 @@ def _generator(seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator().manual_seed(int(seed))
 
 
-def _check_scale(scale: float, what: str = "feedback_scale") -> float:
-    if not (float(scale) > 0 and math.isfinite(float(scale))):
-        raise ConfigError(f"rule.{what} must be a positive number, got {scale}")
-    return float(scale)
-
-
-class _ScaledLR:
-    """param_groups with "lr_scale": the rule's parameters learn at lr_scale x the trainer's lr."""
-
-    lr_scale: float
+class _Scaled:
+    """The two scales every FA-family rule takes: feedback_scale and lr_scale (the rule's parameters learn at
+    lr_scale x the trainer's lr, through LearningRule.param_groups)."""
 
     def _scales(self, feedback_scale: float, lr_scale: float) -> None:
-        """Validate and keep the two scales every FA-family rule takes."""
-        self.feedback_scale = _check_scale(feedback_scale)
-        self.lr_scale = _check_scale(lr_scale, "lr_scale")
-
-    def param_groups(self) -> list[dict]:
-        return [{"params": self.trainable_parameters(), "lr_scale": self.lr_scale}]
+        self.feedback_scale = check_positive("feedback_scale", feedback_scale)
+        self.lr_scale = check_positive("lr_scale", lr_scale)
 
 
-class FeedbackAlignment(_ScaledLR, LearningRule):
+class FeedbackAlignment(_Scaled, LearningRule):
     """FA: cross-entropy backward in which every synapse sends B δ (fixed random B) to its input."""
 
     name = "fa"
@@ -149,7 +139,7 @@ class FeedbackAlignment(_ScaledLR, LearningRule):
 
     def feedback_matrix(self, key: str, mod: nn.Module) -> Tensor:
         """The matrix used in place of W in this synapse's backward (FA: the fixed buffer)."""
-        return getattr(self.feedback, key)
+        return self.feedback.get_buffer(key)
 
     def _pre_hook(self, mod: nn.Module, inputs: tuple):
         if not (self._active and torch.is_grad_enabled()):
@@ -187,8 +177,7 @@ class SignSymmetry(FeedbackAlignment):
 
     def __init__(self, model: nn.Module, mode: str = "usf", feedback_scale: float = 1.0,
                  feedback_seed: int | None = None, lr_scale: float = 1.0):
-        if mode not in SIGN_MODES:
-            raise ConfigError(f"unknown rule.mode '{mode}' for sign symmetry: choose one of {', '.join(SIGN_MODES)}")
+        check_choice("mode", mode, SIGN_MODES, "sign symmetry")
         self.mode = mode
         super().__init__(model, feedback_scale=feedback_scale, feedback_seed=feedback_seed, lr_scale=lr_scale)
 
@@ -200,13 +189,13 @@ class SignSymmetry(FeedbackAlignment):
     def feedback_matrix(self, key: str, mod: nn.Module) -> Tensor:
         B = torch.sign(mod.weight.detach())
         if self.mode == "frsf":
-            B = B * getattr(self.feedback, key)
+            B = B * self.feedback.get_buffer(key)
         elif self.mode == "brsf":                         # a fresh R for every batch (one forward per batch)
             B = B * torch.randn_like(B).abs()
         return B * self.feedback_scale if self.feedback_scale != 1.0 else B
 
 
-class DirectFeedbackAlignment(_ScaledLR, LearningRule):
+class DirectFeedbackAlignment(_Scaled, LearningRule):
     """DFA: every hidden layer gets e B_l at its output (e = ∂ mean-CE/∂logits), input detached; head by CE."""
 
     name = "dfa"
@@ -224,7 +213,7 @@ class DirectFeedbackAlignment(_ScaledLR, LearningRule):
             self.feedback.register_buffer(f"l{i}", B.to(W.device, W.dtype))
 
     def feedback_matrices(self) -> list[Tensor]:
-        return [getattr(self.feedback, f"l{i}") for i in range(len(self.model.layers))]
+        return [self.feedback.get_buffer(f"l{i}") for i in range(len(self.model.layers))]
 
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         model = self.model

@@ -59,10 +59,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import GreedyLayers, LearningRule
 from torch import Tensor
 
 from bioplaus.errors import ConfigError
+from bioplaus.models import MLP, ConvNet, SpikingMLP
+from bioplaus.rules.base import GreedyLayers, LearningRule, check_choice, check_positive
 
 MODES = ("simultaneous", "layer_greedy")
 INFERENCE = ("goodness", "readout")
@@ -98,7 +99,7 @@ class ForwardForward(GreedyLayers, LearningRule):
     """Supervised Forward-Forward with label-in-input positives and wrong-label negatives."""
 
     name = "ff"
-    supported_models = ("MLP", "ConvNet", "SpikingMLP")
+    supported_models = (MLP, ConvNet, SpikingMLP)
 
     def __init__(self, model, loss: str = "symba", alpha: float = 64.0, threshold: float = 1.0,
                  goodness: str = "mean", label_value: float = 0.045, label_relative: bool = True,
@@ -111,8 +112,7 @@ class ForwardForward(GreedyLayers, LearningRule):
                   ("inference", inference, INFERENCE), ("goodness", goodness, GOODNESS),
                   ("negatives", negatives, NEGATIVES))
         for key, value, allowed in checks:
-            if value not in allowed:
-                raise ConfigError(f"unknown rule.{key} '{value}' for ff: choose one of {', '.join(allowed)}")
+            check_choice(key, value, allowed, "ff")
         if alpha <= 0:
             raise ConfigError(f"rule.alpha must be > 0 (the logistic loss's sharpness), got {alpha}")
         if label_value <= 0 or n_negatives != int(n_negatives):
@@ -126,22 +126,20 @@ class ForwardForward(GreedyLayers, LearningRule):
         self.mode, self.epochs_per_layer, self.inference = mode, int(epochs_per_layer), inference
         self.skip_first, self.label_value = bool(skip_first), float(label_value)
         self.label_relative = bool(label_relative)
-        self.lr_scale, self.head_lr_scale = float(lr_scale), float(head_lr_scale)
+        self.lr_scale, self.head_lr_scale = check_positive("lr_scale", lr_scale), check_positive("head_lr_scale",
+                                                                                                head_lr_scale)
         self.negatives, self.hard_temperature = negatives, float(hard_temperature)
         self.n_negatives = int(n_negatives)
         self.n_classes = int(model.n_classes)
         self.loss_kind = loss
         wrong_labels(torch.zeros(1, dtype=torch.long), self.n_classes, self.n_negatives)   # validates k
         if label_embedding == "auto":
-            label_embedding = "pattern" if type(model).__name__ == "ConvNet" else "corner"
+            label_embedding = "pattern" if isinstance(model, ConvNet) else "corner"
         self.label_embedding, self.pattern_value = label_embedding, float(pattern_value)
         if label_embedding == "pattern":
             if pattern_value <= 0:
                 raise ConfigError(f"rule.pattern_value must be > 0, got {pattern_value}")
-            shape = getattr(model, "in_shape", None)
-            if shape is None:
-                raise ConfigError("rule.label_embedding=pattern needs a model with `in_shape`; "
-                                  "use rule.label_embedding=corner")
+            shape = model.in_shape
             gen = torch.Generator().manual_seed(int(pattern_seed))
             pattern = torch.randint(0, 2, (self.n_classes, *shape), generator=gen).float() * 2 - 1
             self.register_buffer("patterns", pattern)     # [C, *in_shape], +-1
@@ -160,9 +158,9 @@ class ForwardForward(GreedyLayers, LearningRule):
     def param_groups(self) -> list[dict]:
         head = {id(p) for p in self.model.head.parameters()}
         own = self.trainable_parameters()
-        groups = [{"params": [p for p in own if id(p) not in head], "lr_scale": self.lr_scale}]
+        groups = [self.group([p for p in own if id(p) not in head], self.lr_scale)]
         if self.inference == "readout":
-            groups.append({"params": [p for p in own if id(p) in head], "lr_scale": self.head_lr_scale})
+            groups.append(self.group([p for p in own if id(p) in head], self.head_lr_scale))
         return [g for g in groups if g["params"]]
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
@@ -197,7 +195,7 @@ class ForwardForward(GreedyLayers, LearningRule):
 
     def _layer_inputs(self, x: Tensor, labels: Tensor | None):
         """Yield (l, u_l, h_l): the detached, normalised input of layer l and its output."""
-        spiking = getattr(self.model, "spiking", False)
+        spiking = self.model.spiking
         h = self.model.encode(self.embed(x, labels))
         for i, layer in enumerate(self.model.layers):
             u = rms_norm(h, spiking).detach()
@@ -225,7 +223,7 @@ class ForwardForward(GreedyLayers, LearningRule):
         if self.inference == "readout":
             with torch.no_grad():
                 *_, (_, _, h) = self._layer_inputs(x, None)
-            ce = F.cross_entropy(self.model.head(rms_norm(h, getattr(self.model, "spiking", False))), y)
+            ce = F.cross_entropy(self.model.head(rms_norm(h, self.model.spiking)), y)
             ce.backward()
             logs["readout_loss"] = ce.item()
         return logs
@@ -263,7 +261,7 @@ class ForwardForward(GreedyLayers, LearningRule):
         """Logits [B, C]: summed goodness per candidate label, or the head's readout (`inference`)."""
         if self.inference == "readout":
             *_, (_, _, h) = self._layer_inputs(x, None)
-            return self.model.head(rms_norm(h, getattr(self.model, "spiking", False)))
+            return self.model.head(rms_norm(h, self.model.spiking))
         return self.score(x)
 
     @torch.no_grad()

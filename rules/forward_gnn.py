@@ -1,6 +1,6 @@
 """ForwardGNN (Park et al., ICLR 2024): forward-only, layer-wise training of graph neural networks.
 
-Node-major graphs: features [V, F], edge_index [2, E] (bioplaus.graphdata); the model is a GCN or GraphSAGE
+Node-major graphs: features [V, F], edge_index [2, E] (bioplaus.data.graphs); the model is a GCN or GraphSAGE
 (bioplaus.models.graph) holding the graph; x is a batch of node ids [B], y their labels [B]. The rule
 remembers the labels of the training nodes it has been given (`known` [V], -1 = unknown): only those
 nodes are ever labelled in the graph (test nodes never are).
@@ -49,11 +49,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import GreedyLayers, LearningRule
-from bioplaus.rules.forward_forward import wrong_labels
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
+from bioplaus.models import GCN, GraphSAGE
+from bioplaus.rules.base import GreedyLayers, LearningRule, check_choice, check_positive
+from bioplaus.rules.forward_forward import wrong_labels
 
 VARIANTS = ("sf", "ff_la", "ff_vn")
 SCHEDULES = ("simultaneous", "sequential")
@@ -71,7 +72,7 @@ class ForwardGNN(GreedyLayers, LearningRule):
     """ForwardGNN-SF / FF-LA / FF-VN: every GNN layer trained by its own forward-only loss."""
 
     name = "forward_gnn"
-    supported_models = ("GCN", "GraphSAGE")
+    supported_models = (GCN, GraphSAGE)
 
     def __init__(self, model, variant: str = "sf", schedule: str = "simultaneous", epochs_per_layer: int = 50,
                  temperature: float = 1.0, theta: float = 2.0, n_negatives: int | None = None,
@@ -81,8 +82,7 @@ class ForwardGNN(GreedyLayers, LearningRule):
         for key, value, allowed in (("variant", variant, VARIANTS), ("schedule", schedule, SCHEDULES),
                                     ("class_embedding", class_embedding, EMBEDDINGS),
                                     ("class_edges", class_edges, CLASS_EDGES)):
-            if value not in allowed:
-                raise ConfigError(f"unknown rule.{key} '{value}' for forward_gnn: choose one of {', '.join(allowed)}")
+            check_choice(key, value, allowed, "forward_gnn")
         if temperature <= 0 or int(epochs_per_layer) < 1:
             raise ConfigError(f"rule.temperature must be > 0 and rule.epochs_per_layer >= 1, got {temperature}, "
                               f"{epochs_per_layer}")
@@ -90,12 +90,13 @@ class ForwardGNN(GreedyLayers, LearningRule):
         self.variant, self.schedule, self.epochs_per_layer = variant, schedule, int(epochs_per_layer)
         self.name = f"forward_gnn_{variant}"                  # one row per variant in comparison tables
         self.tau, self.theta = float(temperature), float(theta)
-        self.lr_scale = float(LR_SCALE[variant] if lr_scale is None else lr_scale)
+        self.lr_scale = check_positive("lr_scale", LR_SCALE[variant] if lr_scale is None else lr_scale)
         self.n_classes, self.V = C, V
         self.n_negatives = C - 1 if n_negatives is None else int(n_negatives)
         wrong_labels(torch.zeros(1, dtype=torch.long), C, self.n_negatives)          # validates 1..C-1
         self.register_buffer("known", torch.full((V,), -1, dtype=torch.long))     # labels of training nodes seen
         self.class_embedding, self.class_edges = class_embedding, class_edges
+        self.class_nodes: nn.Embedding | None = None         # virtual class nodes (sf, ff_vn)
         if variant in ("sf", "ff_vn"):
             gen = torch.Generator().manual_seed(int(embedding_seed))
             self.class_nodes = nn.Embedding(C, model.n_features)
@@ -111,14 +112,11 @@ class ForwardGNN(GreedyLayers, LearningRule):
         for i, layer in enumerate(self.model.layers):
             layer.requires_grad_(i == self.stage if self.schedule == "sequential" else True)
         self.model.head.requires_grad_(False)                    # unused: inference is the rule's own
-        if hasattr(self, "class_nodes"):
+        if self.class_nodes is not None:
             self.class_nodes.requires_grad_(self.class_embedding == "learned" and self._trains(0))
 
     def _trains(self, i: int) -> bool:
         return any(p.requires_grad for p in self.model.layers[i].parameters())
-
-    def param_groups(self) -> list[dict]:
-        return [{"params": self.trainable_parameters(), "lr_scale": self.lr_scale}]
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """sequential: after every `epochs_per_layer` epochs move to the next layer (True = rebuild)."""
@@ -128,7 +126,7 @@ class ForwardGNN(GreedyLayers, LearningRule):
     def node_input(self) -> Tensor:
         """h_0: the model's node features [V, F]; with class nodes (sf, ff_vn) [V + C, F]."""
         x = self.model.encode()
-        return torch.cat([x, self.class_nodes.weight]) if hasattr(self, "class_nodes") else x
+        return x if self.class_nodes is None else torch.cat([x, self.class_nodes.weight])
 
     def augmented_edges(self, labels: Tensor | None = None) -> Tensor:
         """The graph's edges plus, for every node v with labels[v] >= 0 (default: the known training nodes),

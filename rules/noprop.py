@@ -2,7 +2,7 @@
 
 Each denoising block learns on its own to map a noisy label embedding back to the label; no error
 crosses blocks. Paper time: t = 0 is pure noise, t = T is closest to the label (schedules, Eq. 3 and the
-networks are in `bioplaus.rules.noprop_blocks`). u_y = W_Embed[y] [B, d]; û = softmax(logits) W_Embed.
+networks are in `bioplaus.rules.noprop_blocks`). u_y = W_Embed[y] (shape [B, d]); û = softmax(logits) W_Embed.
 
 NoProp-DT (variant=dt, the default), T blocks û_t(z_{t-1}, x), fixed cosine schedule (SNR clamped to
 <= max_snr, so every SNR and every loss weight is finite). Eq. 8, with the expectation over t summed:
@@ -42,7 +42,11 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
+from torch import Tensor, nn
+
+from bioplaus.errors import ConfigError
+from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.rules.base import LearningRule, check_choice, check_positive
 from bioplaus.rules.noprop_blocks import (
     ClassEmbedding,
     Denoiser,
@@ -55,9 +59,6 @@ from bioplaus.rules.noprop_blocks import (
     snr,
     step_coefficients,
 )
-from torch import Tensor, nn
-
-from bioplaus.errors import ConfigError
 
 VARIANTS = ("dt", "ct", "fm")
 ETA = {"dt": 0.1, "ct": 1.0, "fm": 0.0}          # Table 3 (FM has no SNR weighting)
@@ -78,7 +79,7 @@ class NoProp(LearningRule):
     Every rank draws every block's noise, so the summed update is the single-process one."""
 
     name = "noprop"
-    supported_models = ("MLP", "ConvNet", "SpikingMLP", "SpikingConvNet")
+    supported_models = (MLP, ConvNet, SpikingMLP, SpikingConvNet)
 
     def __init__(self, model: nn.Module, variant: str = "dt", T: int = 10, width: int = 128,
                  embedding: str = "onehot", embed_dim: int = 20, eta: float | None = None, max_snr: float = 100.0,
@@ -89,8 +90,7 @@ class NoProp(LearningRule):
             raise ConfigError(f"rule.block_parallel needs variant=dt (independent blocks); {variant} has one net")
         self.parallel_split = "blocks" if block_parallel else "batch"
         self.partition = (0, 1)                             # (rank, world): the blocks this process trains
-        if variant not in VARIANTS:
-            raise ConfigError(f"unknown rule.variant '{variant}': choose one of {', '.join(VARIANTS)}")
+        check_choice("variant", variant, VARIANTS)
         if int(width) < 1 or int(inference_steps) < 1:
             raise ConfigError(f"rule.width and rule.inference_steps must be >= 1, got {width}, {inference_steps}")
         if not float(max_snr) > 1:
@@ -98,7 +98,8 @@ class NoProp(LearningRule):
         self.variant, self.T, self.steps = variant, int(T), int(inference_steps)
         self.eta = ETA[variant] if eta is None else float(eta)
         self.inference_noise, self.sigma = bool(inference_noise), float(sigma)
-        self.classifier_lr_scale, self.lr_scale = float(classifier_lr_scale), float(lr_scale)
+        self.classifier_lr_scale = check_positive("classifier_lr_scale", classifier_lr_scale)
+        self.lr_scale = check_positive("lr_scale", lr_scale)
         for p in model.head.parameters():                  # unused: the classifier reads z, not h_L
             p.requires_grad_(False)
         shape = image_shape(model) if embedding == "prototype" else None
@@ -126,9 +127,9 @@ class NoProp(LearningRule):
         """The classifier (a linear readout of z, convex) learns at classifier_lr_scale x the shared lr."""
         head = {id(p) for p in self.classifier.parameters()} if self.classifier is not None else set()
         rest = [p for p in self.trainable_parameters() if id(p) not in head]
-        groups = [{"params": rest, "lr_scale": self.lr_scale}]
+        groups = [self.group(rest, self.lr_scale)]
         if head:
-            groups.append({"params": list(self.classifier.parameters()), "lr_scale": self.classifier_lr_scale})
+            groups.append(self.group(self.classifier.parameters(), self.classifier_lr_scale))
         return groups
 
     def set_partition(self, rank: int, world: int) -> None:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
 from bioplaus.models import pool
+from bioplaus.rules.base import check_choice
 
 
 def snr(abar: Tensor) -> Tensor:
@@ -122,20 +123,8 @@ class LearnedSchedule(nn.Module):
 
 
 def image_shape(model: nn.Module) -> tuple[int, ...]:
-    """The input shape the model's first layer takes (for prototype embeddings): (F,) for dense layers,
-    (C, H, W) for conv layers (square, even-sized images: each ConvBlock halves H and W)."""
-    first = model.layers[0]
-    if hasattr(first, "linear"):
-        return (first.linear.in_features,)
-    conv = getattr(first, "conv", None)
-    if conv is None:
-        raise ConfigError(f"rule.embedding=prototype cannot infer the image size of {type(model).__name__}; "
-                          "use rule.embedding=onehot or learned")
-    side = math.isqrt(model.dims[0] // conv.out_channels)
-    if side * side * conv.out_channels != model.dims[0]:
-        raise ConfigError("rule.embedding=prototype needs square images for conv models; "
-                          "use rule.embedding=onehot or learned")
-    return (conv.in_channels, 2 * side, 2 * side)
+    """The shape of one input sample (for prototype embeddings, which live in input space): `model.in_shape`."""
+    return tuple(int(d) for d in model.in_shape)
 
 
 class ClassEmbedding(nn.Module):
@@ -145,8 +134,7 @@ class ClassEmbedding(nn.Module):
 
     def __init__(self, mode: str, n_classes: int, embed_dim: int, image_size: int | None = None):
         super().__init__()
-        if mode not in self.MODES:
-            raise ConfigError(f"unknown rule.embedding '{mode}': choose one of {', '.join(self.MODES)}")
+        check_choice("embedding", mode, self.MODES)
         self.mode = mode
         if mode == "onehot":
             self.register_buffer("weight", torch.eye(n_classes))
@@ -197,8 +185,8 @@ class ImagePath(nn.Module):
 
     def __init__(self, model: nn.Module, layers: nn.ModuleList, width: int, shape: tuple[int, ...] | None = None):
         super().__init__()
-        self.spiking = bool(getattr(model, "spiking", False))
-        self.encoder = getattr(model, "encoder", None) if self.spiking else None
+        self.spiking = bool(model.spiking)
+        self.encoder = model.encoder if self.spiking else None
         self.layers, self.shape = layers, shape
         self.fc = nn.Linear(model.dims[-1], width)
 

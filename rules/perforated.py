@@ -53,11 +53,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
-from bioplaus.models.classic import Readout
+from bioplaus.models import MLP, Readout
+from bioplaus.rules.base import LearningRule, check_choice
 
 MODES = ("cascor", "gd")
 SWITCHES = ("history", "fixed")
@@ -195,7 +195,7 @@ class PerforatedLayer(nn.Module):
 class Perforated(LearningRule):
     """Perforated backprop: backprop neurons that grow correlation-trained (cascor) or backprop (gd) dendrites."""
 
-    supported_models = ("MLP",)
+    supported_models = (MLP,)
 
     def __init__(self, model, mode: str = "cascor", switch: str = "history", n_epochs_to_switch: int = 10,
                  fixed_switch_num: int = 20, p_epochs: int = 5, max_dendrites: int = 3,
@@ -205,8 +205,7 @@ class Perforated(LearningRule):
         super().__init__(model)
         for key, value, allowed in (("mode", mode, MODES), ("switch", switch, SWITCHES),
                                     ("dendrite_activation", dendrite_activation, DENDRITE_ACTIVATIONS)):
-            if value not in allowed:
-                raise ConfigError(f"unknown rule.{key} '{value}': choose one of {', '.join(allowed)}")
+            check_choice(key, value, allowed)
         for key, value, low in (("n_epochs_to_switch", n_epochs_to_switch, 1), ("p_epochs", p_epochs, 1),
                                 ("fixed_switch_num", fixed_switch_num, 1), ("max_dendrites", max_dendrites, 0),
                                 ("n_candidates", n_candidates, 1)):
@@ -262,11 +261,11 @@ class Perforated(LearningRule):
 
     def param_groups(self) -> list[dict]:
         if self.in_p_mode:
-            return [{"params": self.trainable_parameters(), "lr_scale": self.candidate_lr_scale}]
+            return [self.group(self.trainable_parameters(), self.candidate_lr_scale)]
         dend = {id(p) for layer in self.wrapped().values() for p in layer.dendrites.parameters()}
         params = self.trainable_parameters()
-        groups = [{"params": [p for p in params if id(p) not in dend]},
-                  {"params": [p for p in params if id(p) in dend], "lr_scale": self.dendrite_lr_scale}]
+        groups = [self.group([p for p in params if id(p) not in dend]),
+                  self.group([p for p in params if id(p) in dend], self.dendrite_lr_scale)]
         return [g for g in groups if g["params"]]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

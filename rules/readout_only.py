@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor
+
+from bioplaus.rules.base import LearningRule, check_positive
 
 
 class ReadoutOnly(LearningRule):
@@ -24,12 +25,9 @@ class ReadoutOnly(LearningRule):
 
     def __init__(self, model, lr_scale: float = 10.0):
         super().__init__(model)
-        self.lr_scale = float(lr_scale)
+        self.lr_scale = check_positive("lr_scale", lr_scale)
         for p in model.layers.parameters():
             p.requires_grad_(False)
-
-    def param_groups(self) -> list[dict]:
-        return [{"params": self.trainable_parameters(), "lr_scale": self.lr_scale}]
 
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         with torch.no_grad():

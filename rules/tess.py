@@ -1,7 +1,7 @@
 """TESS (Apolinario, Roy & Frenkel 2025): temporally and spatially local learning for spiking MLPs.
 
 The network runs online, one step at a time with the state carried (no graph across steps, nothing of
-length T kept). For layer l with input spikes x[t] [B, d_in] (the layer below's output, or step t of
+length T kept). For layer l with input spikes x[t] (shape [B, d_in]) (the layer below's output, or step t of
 the encoder), current I = W x + c, membrane u and the neuron's own charge u_h = a u + b I:
 
     s[t]   = H(u_h[t] - θ)                         spikes [B, d]
@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.base import LearningRule
 from torch import Tensor, nn
 
-from bioplaus.encoding import encode_step
 from bioplaus.errors import ConfigError
-from bioplaus.neurons import NEURONS, GatedLIFNode
-from bioplaus.surrogate import get as get_surrogate
+from bioplaus.models import SpikingMLP
+from bioplaus.neurons.encoding import encode_step
+from bioplaus.neurons.surrogate import get as get_surrogate
+from bioplaus.rules.base import LearningRule, check_positive
 
 
 def square_wave_projection(d: int, n_classes: int, f_lo: float = 50.0, f_hi: float = 512.0) -> Tensor:
@@ -54,15 +54,13 @@ class TESS(LearningRule):
     """TESS on a SpikingMLP. Hyperparameters as in the paper's `--factors-stdp` [λ_post, λ_pre, α_post, α_pre]
     (CIFAR: [0.2, 0.5, 1, 1]); `surrogate` None uses each neuron's own surrogate g (name, `alpha`)."""
 
-    supported_models = ("SpikingMLP",)
+    supported_models = (SpikingMLP,)
 
     def __init__(self, model: nn.Module, lam_pre: float = 0.5, lam_post: float = 0.2, alpha_pre: float = 1.0,
                  alpha_post: float = 1.0, temperature: float = 0.01, surrogate: str | None = None,
                  surrogate_alpha: float | None = None, lr_scale: float = 10.0):
         super().__init__(model)
-        if lr_scale <= 0:
-            raise ConfigError(f"rule.lr_scale must be > 0, got {lr_scale}")
-        self.lr_scale = float(lr_scale)
+        self.lr_scale = check_positive("lr_scale", lr_scale)
         for name, v in (("lam_pre", lam_pre), ("lam_post", lam_post)):
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"rule.{name} is a trace decay and must be in [0, 1), got {v}")
@@ -72,7 +70,7 @@ class TESS(LearningRule):
             raise ConfigError("rule.alpha_pre and rule.alpha_post are both 0: nothing would learn; set one")
         for i, layer in enumerate(model.layers):
             nrn = layer.neuron
-            if type(nrn) not in NEURONS.values() or isinstance(nrn, GatedLIFNode):
+            if not nrn.pure_step:
                 raise ConfigError(f"TESS needs if, lif or plif neurons (charge a*u + b*I); layer {i} has "
                                   f"{type(nrn).__name__}: set model.neuron.kind=lif")
         self.lam_pre, self.lam_post = float(lam_pre), float(lam_post)
@@ -86,11 +84,8 @@ class TESS(LearningRule):
             self.register_buffer(f"projection_{i}", square_wave_projection(int(d), C))
         self.state_bytes = 0          # bytes of traces and membranes held during the last update
 
-    def param_groups(self) -> list[dict]:
-        return [{"params": self.trainable_parameters(), "lr_scale": self.lr_scale}]
-
     def projection(self, i: int) -> Tensor:
-        return getattr(self, f"projection_{i}")
+        return self.get_buffer(f"projection_{i}")
 
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         model, T, kind = self.model, self.model.T, self.model.encoder.kind
@@ -125,7 +120,6 @@ class TESS(LearningRule):
         """One step of layer i: returns its spikes [B, d] and the step's local CE (summed into the log)."""
         lin, nrn = layer.linear, layer.neuron
         a, b = (float(c) for c in nrn.coefficients())
-        thr = nrn.v_threshold - nrn._offset
         current = lin(h)
         st = state[i]
         if st is None:
@@ -133,11 +127,9 @@ class TESS(LearningRule):
             st = state[i] = {"u": z0, "pre": torch.zeros_like(h), "post": z0.clone(),
                              "pre1": torch.zeros(()), "gW": torch.zeros_like(lin.weight),
                              "gb": torch.zeros_like(current[0])}
-        uh = st["u"].mul(a).add_(current, alpha=b)
-        z = uh - thr
-        s = (z >= 0).to(h.dtype)
+        s, u_next, uh = nrn.step(st["u"], current, a, b)      # charge -> fire -> reset (the neurons' own step)
         spec, alpha = self._psi_fns[i]
-        psi = spec.grad(z, alpha)
+        psi = spec.grad(uh - nrn.shifted_threshold, alpha)
         st["pre"].mul_(self.lam_pre).add_(h)
         st["pre1"] = st["pre1"] * self.lam_pre + 1.0
         P = self.projection(i)
@@ -151,7 +143,7 @@ class TESS(LearningRule):
         if self.alpha_post:
             st["gW"].addmm_((m * st["post"] * (b * self.alpha_post)).t(), h)
         st["post"].mul_(self.lam_post).add_(psi)
-        st["u"] = uh * (1 - s) if nrn.v_reset is not None else uh - thr * s
+        st["u"] = u_next
         ce = -(torch.log_softmax(logits, -1) * onehot).sum(-1).mean()
         return s, float(ce)
 

@@ -48,9 +48,10 @@ def test_single_run_writes_metrics_and_stats(tmp_path):
 
 def _plugin(tmp_path):
     (tmp_path / "convonly.py").write_text(textwrap.dedent("""
+        from bioplaus.models import ConvNet
         from bioplaus.rules.base import LearningRule
         class ConvOnly(LearningRule):
-            supported_models = ("ConvNet",)
+            supported_models = (ConvNet,)
             def assign_credit(self, x, y):
                 return {}
     """))
@@ -66,7 +67,7 @@ ERRORS = [
     (["data=fashion", "data.root=/nonexistent"], "missing train-images-idx3-ubyte[.gz]"),
     (["data=mnist"], "data.root must be set"),
     (["trainer.epochs=-1"], "trainer.epochs must be >= 0"),
-    (["rule._target_=convonly.ConvOnly"], "cannot train model MLP: it supports ConvNet"),
+    (["rule._target_=convonly.ConvOnly"], "rule conv_only cannot train model mlp: it supports convnet"),
     (["rule._target_=nowhere.Rule"], "cannot import rule._target_ 'nowhere.Rule'"),
     (["model.hidden=[]"], "model.hidden must be a non-empty list"),
     (["trainer.optimizer._target_=torch.optim.SGD", "trainer.optimizer.lr=1e20", "trainer.epochs=1"],

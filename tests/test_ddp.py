@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 import torch
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment
 
 from bioplaus import distributed
 from bioplaus.errors import ConfigError
 from bioplaus.models import MLP
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment
 from bioplaus.train import TrainConfig, train
 
 RULES = {"backprop": Backprop, "dfa": DirectFeedbackAlignment}

@@ -3,12 +3,12 @@ kind reaching the blocks, config errors, statistics, and backprop learning digit
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.readout_only import ReadoutOnly
 
 from bioplaus import stats
 from bioplaus.errors import ConfigError
 from bioplaus.models.gated import GatedMLP, patchify
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 

@@ -2,6 +2,7 @@
 forward and every gradient (q, k, v, g, initial state), on awkward shapes; gradcheck of the reference."""
 import pytest
 import torch
+
 from bioplaus.kernels.gla import IMPLS, gla, gla_chunked, gla_naive
 
 SHAPES = [(1, 1, 1, 4, 4), (7, 2, 3, 5, 6), (20, 1, 2, 16, 8)]    # T, B, H, K, V: T=1, odd, T % chunk != 0

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from bioplaus.data.graphs import Graph, karate, pyg, sbm
 from bioplaus.errors import ConfigError
-from bioplaus.graphdata import Graph, karate, pyg, sbm
 from bioplaus.models import GCN, MLP, GraphSAGE
-from bioplaus.run import check_task
+from bioplaus.run import check_fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny graphs/nets run fastest on one thread
 
@@ -184,11 +184,11 @@ def test_graph_models_and_graph_data_only_go_together(digits):
     with pytest.raises(ConfigError, match="needs graph data"):
         GCN([1, 8, 8], 10)
     gcn = GCN([], 5, graph=d.graph)
-    with pytest.raises(ConfigError, match="graph models"):
-        check_task(gcn, digits)
-    with pytest.raises(ConfigError, match="graph models"):
-        check_task(MLP([4], 5), d)
-    check_task(gcn, d)
+    with pytest.raises(ConfigError, match="is a graph model and needs graph data"):
+        check_fit(gcn, digits)
+    with pytest.raises(ConfigError, match="is not a graph model: use model=gcn"):
+        check_fit(MLP([4], 5), d)
+    check_fit(gcn, d)
     with pytest.raises(ConfigError, match="node ids"):
         gcn(digits.x_test[:3])
 

@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+
 from bioplaus.kernels import BACKENDS, leaky_scan, leaky_scan_naive
 from bioplaus.kernels.leaky_scan import LeakyScanTorch
 from bioplaus.kernels.surrogate import lookup

@@ -11,8 +11,8 @@ from bioplaus import stats
 from bioplaus.errors import ConfigError
 from bioplaus.models import SpikingConvNet, SpikingMLP
 from bioplaus.models.spikformer import SpikeDrivenTransformer, Spikformer
-from bioplaus.neuron_adapters import ADAPTERS
 from bioplaus.neurons import BaseNeuron, make_neuron
+from bioplaus.neurons.adapters import ADAPTERS
 from bioplaus.stats import EnergyModel
 
 NATIVE = {"sj_lif": "lif", "sj_plif": "plif", "sj_if": "if", "snntorch_leaky": "lif"}

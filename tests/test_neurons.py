@@ -112,9 +112,8 @@ def test_gated_lif_starts_as_lif_and_its_gate_gets_the_reference_gradient(backen
 
 
 def test_spiking_mlp_trains_with_gated_lif(digits):
-    from bioplaus.rules.backprop import Backprop
-
     from bioplaus.models import SpikingMLP
+    from bioplaus.rules.backprop import Backprop
     from bioplaus.train import TrainConfig, train
 
     torch.manual_seed(0)

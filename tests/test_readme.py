@@ -1,5 +1,6 @@
 """The README stays true: its rule example runs as written (in-process contract + from the CLI), its
-set-up commands are what .ci/run runs, and every experiment/config it names exists."""
+set-up commands are what .ci/run runs, every experiment/config it names exists, and its layout lists every
+module of the package and nothing else."""
 import json
 import os
 import re
@@ -18,7 +19,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def rule_example() -> str:
-    section = README.split("## Write your own rule", 1)[1]
+    section = README.split("Write your own rule", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
@@ -63,3 +64,23 @@ def test_ci_runs_the_readme_commands():
 def test_named_configs_exist():
     for group, name in re.findall(r"\b(experiment|rule|model|data|stats)=([a-z_0-9]+)\b", README):
         assert (ROOT / "configs" / group / f"{name}.yaml").exists(), f"README names {group}={name}"
+
+
+def test_layout_lists_every_module_and_only_existing_ones():
+    """Each `dir/  {a, b, ...}` line of the layout block names exactly the modules in that folder."""
+    block = README.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = {}
+    for folder, names in re.findall(r"^(\S+/)\s+\{([^}]*)\}", block, re.MULTILINE | re.DOTALL):
+        listed[folder] = {n.strip() for n in names.replace("\n", " ").split(",") if n.strip()}
+    assert set(listed) >= {"bioplaus/", "bioplaus/neurons/", "bioplaus/data/", "bioplaus/models/",
+                           "bioplaus/blocks/", "bioplaus/stats/", "kernels/", "rules/"}
+    for folder, names in listed.items():
+        present = {p.stem for p in (ROOT / folder).glob("*.py") if p.stem != "__init__"}
+        assert names == present, f"{folder}: README lists {sorted(names - present)} that do not exist and omits " \
+                                 f"{sorted(present - names)}"
+    packages = {p.parent.relative_to(ROOT).as_posix() + "/" for p in (ROOT / "bioplaus").rglob("__init__.py")}
+    assert packages - {"bioplaus/configs/"} <= set(listed), "a package of bioplaus is missing from the layout"
+
+
+def test_readme_stays_short():
+    assert len(README.splitlines()) <= 260

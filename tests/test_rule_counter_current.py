@@ -9,13 +9,13 @@ from importlib import resources
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.counter_current import CounterCurrent
-from bioplaus.rules.readout_only import ReadoutOnly
 from omegaconf import OmegaConf
 
 from bioplaus.data import fashion
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.rules.counter_current import CounterCurrent
+from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 
@@ -145,9 +145,9 @@ def test_every_supported_model_gets_finite_grads(make_model, task, digits):
 
 
 def test_unsupported_models_and_bad_settings_raise():
-    with pytest.raises(UnsupportedModelError, match="cannot train model SpikingConvNet: it supports MLP, ConvNet"):
+    with pytest.raises(UnsupportedModelError, match="cannot train model spiking_convnet: it supports mlp, convnet"):
         CounterCurrent(SpikingConvNet([1, 8, 8], 10, channels=[4, 8], T=2))
-    with pytest.raises(ConfigError, match="autoencode supports MLP and ConvNet"):
+    with pytest.raises(ConfigError, match="autoencode supports mlp and convnet"):
         CounterCurrent(SpikingMLP([1, 8, 8], 10, hidden=[16], T=2), task="autoencode")
     with pytest.raises(ConfigError, match="unknown rule.normalize 'rows': choose one of auto, feedback, both, none"):
         CounterCurrent(MLP([1, 8, 8], 10), normalize="rows")

@@ -7,19 +7,19 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.eprop import EProp
-from bioplaus.rules.readout_only import ReadoutOnly
 from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from bioplaus.data import fashion, spike_timing
-from bioplaus.encoding import encode
 from bioplaus.errors import ConfigError, UnsupportedModelError
-from bioplaus.memory import SavedTensors
 from bioplaus.models import Layered, RecurrentSpikingNet, SpikingMLP
-from bioplaus.surrogate import spike
+from bioplaus.neurons.encoding import encode
+from bioplaus.neurons.surrogate import spike
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.eprop import EProp
+from bioplaus.rules.readout_only import ReadoutOnly
+from bioplaus.stats.memory import SavedTensors
 from bioplaus.train import TrainConfig, train
 
 
@@ -185,7 +185,7 @@ def test_memory_does_not_grow_with_T(kappa):
 
 
 def test_errors():
-    with pytest.raises(UnsupportedModelError, match="cannot train model SpikingMLP: it supports RecurrentSpikingNet"):
+    with pytest.raises(UnsupportedModelError, match="cannot train model spiking_mlp: it supports recurrent_spiking"):
         EProp(SpikingMLP([4], 2, hidden=[8]))
     m = RecurrentSpikingNet([4], 2, hidden=8)
     with pytest.raises(ConfigError, match="choose one of symmetric, random"):

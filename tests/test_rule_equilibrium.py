@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from bioplaus.rules.equilibrium import EquilibriumPropagation as EP
-from bioplaus.rules.readout_only import ReadoutOnly
 
 from bioplaus.data import fashion
 from bioplaus.errors import ConfigError
 from bioplaus.models import MLP, ConvNet
+from bioplaus.rules.equilibrium import EquilibriumPropagation as EP
+from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs"

@@ -7,14 +7,14 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment, FeedbackAlignment, SignSymmetry
-from bioplaus.rules.readout_only import ReadoutOnly
 from omegaconf import OmegaConf
 
 from bioplaus.data import fashion
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.feedback_alignment import DirectFeedbackAlignment, FeedbackAlignment, SignSymmetry
+from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 RULES = [FeedbackAlignment, DirectFeedbackAlignment, SignSymmetry, partial(SignSymmetry, mode="frsf"),
@@ -55,7 +55,7 @@ def test_constructs_and_fills_finite_grads(rule_cls, make_model, digits):
 
 def test_unsupported_model_names_the_supported_ones():
     for rule_cls in (FeedbackAlignment, DirectFeedbackAlignment, SignSymmetry):
-        with pytest.raises(UnsupportedModelError, match="it supports MLP, ConvNet, SpikingMLP, SpikingConvNet"):
+        with pytest.raises(UnsupportedModelError, match="it supports mlp, convnet, spiking_mlp, spiking_convnet"):
             rule_cls(torch.nn.Linear(4, 2))
     with pytest.raises(ConfigError, match="choose one of usf, frsf, brsf"):
         SignSymmetry(MLP([4], 2), mode="sign")

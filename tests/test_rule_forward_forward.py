@@ -7,13 +7,13 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.forward_forward import ForwardForward, rms_norm, wrong_labels
-from bioplaus.rules.readout_only import ReadoutOnly
 from omegaconf import OmegaConf
 
 from bioplaus.data import fashion
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.rules.forward_forward import ForwardForward, rms_norm, wrong_labels
+from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 
@@ -177,7 +177,7 @@ def test_constructs_and_fills_finite_grads(make_model, inference, digits):
 
 
 def test_spiking_convnet_is_refused_with_the_supported_models():
-    with pytest.raises(UnsupportedModelError, match="it supports MLP, ConvNet, SpikingMLP"):
+    with pytest.raises(UnsupportedModelError, match="it supports mlp, convnet, spiking_mlp"):
         ForwardForward(SpikingConvNet([1, 8, 8], 10, channels=[4, 8], T=2))
 
 

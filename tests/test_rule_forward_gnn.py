@@ -4,14 +4,14 @@ virtual class nodes are linked to training nodes only, inference sums the per-la
 the simultaneous schedule the activations held for backward stay at one layer's whatever the depth."""
 import pytest
 import torch
+
+from bioplaus.data.graphs import sbm
+from bioplaus.errors import ConfigError, UnsupportedModelError
+from bioplaus.models import GCN, MLP, GraphSAGE
 from bioplaus.rules.backprop import Backprop
 from bioplaus.rules.forward_gnn import ForwardGNN, l2_normalise
 from bioplaus.rules.readout_only import ReadoutOnly
-
-from bioplaus.errors import ConfigError, UnsupportedModelError
-from bioplaus.graphdata import sbm
-from bioplaus.memory import SavedTensors
-from bioplaus.models import GCN, MLP, GraphSAGE
+from bioplaus.stats.memory import SavedTensors
 from bioplaus.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny graphs/nets run fastest on one thread
@@ -62,7 +62,7 @@ def test_each_layer_loss_changes_only_its_own_layer(variant, small, monkeypatch)
     torch.manual_seed(0)
     rule = ForwardGNN(GCN([], 5, graph=small.graph, hidden=[16, 16, 16]), variant=variant)
     groups = {f"layer{i}": list(layer.parameters()) for i, layer in enumerate(rule.model.layers)}
-    if hasattr(rule, "class_nodes"):
+    if rule.class_nodes is not None:
         groups["embedding"] = [rule.class_nodes.weight]
     touched, real_backward = [], torch.Tensor.backward
 
@@ -172,7 +172,7 @@ def test_graphsage_state_dict_and_bad_settings(small, digits):
         ForwardGNN(GCN([], 5, graph=small.graph), variant="top2")
     with pytest.raises(ConfigError, match="n_negatives must be in 1..4"):
         ForwardGNN(GCN([], 5, graph=small.graph), variant="ff_la", n_negatives=5)
-    with pytest.raises(UnsupportedModelError, match="supports GCN, GraphSAGE"):
+    with pytest.raises(UnsupportedModelError, match="supports gcn, sage"):
         ForwardGNN(MLP([1, 8, 8], 10))
 
 
@@ -192,4 +192,4 @@ def test_configs_build_the_rule_and_the_graph_experiment(compose, small):
     for arm, variant in (("forward_gnn_la_gcn", "ff_la"), ("forward_gnn_vn_gcn", "ff_vn")):
         c = compose("experiment=graph", f"+arm={arm}")
         assert c.rule.variant == variant and c.model._target_ == "bioplaus.models.GCN"
-        assert c.data._target_ == "bioplaus.graphdata.sbm" and c.trainer.batch_size >= 200
+        assert c.data._target_ == "bioplaus.data.graphs.sbm" and c.trainer.batch_size >= 200

@@ -6,14 +6,14 @@ from functools import partial
 
 import pytest
 import torch
-from bioplaus.rules.noprop import NoProp
-from bioplaus.rules.noprop_blocks import cosine_schedule
-from bioplaus.rules.readout_only import ReadoutOnly
 from torch import nn
 
 from bioplaus.data import fashion
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, ConvNet, SpikingConvNet, SpikingMLP
+from bioplaus.rules.noprop import NoProp
+from bioplaus.rules.noprop_blocks import cosine_schedule
+from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.train import TrainConfig, train
 
 CLI_BUDGET = TrainConfig(epochs=20, batch_size=64, progress=False)      # configs/trainer/default.yaml
@@ -158,7 +158,7 @@ def test_unsupported_model_and_bad_settings_raise():
     class Transformer(nn.Module):
         pass
 
-    with pytest.raises(UnsupportedModelError, match="cannot train model Transformer: it supports MLP, ConvNet"):
+    with pytest.raises(UnsupportedModelError, match="cannot train model transformer: it supports mlp, convnet"):
         NoProp(Transformer())
     with pytest.raises(ConfigError, match="rule.variant"):
         NoProp(MLP([64], 10), variant="xt")

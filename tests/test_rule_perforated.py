@@ -12,12 +12,12 @@ from importlib import resources
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.perforated import Perforated, correlation
 from omegaconf import OmegaConf
 
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, ConvNet
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.perforated import Perforated, correlation
 from bioplaus.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny nets run fastest on one thread
@@ -233,7 +233,7 @@ def test_bad_settings_are_one_clear_error(kw, message):
 
 
 def test_unsupported_model_is_one_clear_error():
-    with pytest.raises(UnsupportedModelError, match="cannot train model ConvNet: it supports MLP"):
+    with pytest.raises(UnsupportedModelError, match="cannot train model convnet: it supports mlp"):
         Perforated(ConvNet([1, 8, 8], 10, channels=[4, 8]))
 
 

@@ -4,14 +4,14 @@ digits, a Fashion subset above the control, and the spike-timing task."""
 import pytest
 import torch
 import torch.nn.functional as F
-from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.readout_only import ReadoutOnly
-from bioplaus.rules.tess import TESS, square_wave_projection
 
 from bioplaus.data import digits, fashion, spike_timing
 from bioplaus.errors import ConfigError, UnsupportedModelError
-from bioplaus.memory import SavedTensors
 from bioplaus.models import MLP, SpikingMLP
+from bioplaus.rules.backprop import Backprop
+from bioplaus.rules.readout_only import ReadoutOnly
+from bioplaus.rules.tess import TESS, square_wave_projection
+from bioplaus.stats.memory import SavedTensors
 from bioplaus.train import TrainConfig, train
 
 SOFT_DETACHED = {"kind": "lif", "tau": 2.0, "v_reset": None, "detach_reset": True}
@@ -127,7 +127,7 @@ def test_spike_timing_task_carries_its_label_in_timing_only():
 
 
 def test_bad_settings_are_one_clear_error():
-    with pytest.raises(UnsupportedModelError, match="supports SpikingMLP"):
+    with pytest.raises(UnsupportedModelError, match="supports spiking_mlp"):
         TESS(MLP((1, 4, 4), 5))
     with pytest.raises(ConfigError, match="TESS needs if, lif or plif.*model.neuron.kind=lif"):
         TESS(_net(neuron={"kind": "gated_lif"}))

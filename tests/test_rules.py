@@ -5,6 +5,10 @@ from functools import partial
 
 import pytest
 import torch
+
+from bioplaus.data import fashion
+from bioplaus.errors import ConfigError, UnsupportedModelError
+from bioplaus.models import MLP, ConvNet, RecurrentSpikingNet, SpikingConvNet, SpikingMLP
 from bioplaus.rules.backprop import Backprop
 from bioplaus.rules.base import LearningRule
 from bioplaus.rules.counter_current import CounterCurrent
@@ -16,10 +20,6 @@ from bioplaus.rules.noprop import NoProp
 from bioplaus.rules.perforated import Perforated
 from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.rules.tess import TESS
-
-from bioplaus.data import fashion
-from bioplaus.errors import ConfigError, UnsupportedModelError
-from bioplaus.models import MLP, ConvNet, RecurrentSpikingNet, SpikingConvNet, SpikingMLP
 from bioplaus.train import TrainConfig, train
 
 # Every rule (and every variant with its own code path), small enough for a contract check.
@@ -39,10 +39,10 @@ RULES = {
         EquilibriumPropagation, T1=4, T2=2, loss="ce", symmetric=False, random_sign=True),
     "perforated": Perforated, "perforated_gd": partial(Perforated, mode="gd"),
 }
-MODELS = {"MLP": partial(MLP, hidden=[32, 16]), "ConvNet": partial(ConvNet, channels=[4, 8]),
-          "SpikingMLP": partial(SpikingMLP, hidden=[32, 16], T=3),
-          "SpikingConvNet": partial(SpikingConvNet, channels=[4, 8], T=2),
-          "RecurrentSpikingNet": partial(RecurrentSpikingNet, hidden=16, T=3)}
+MODELS = {"mlp": partial(MLP, hidden=[32, 16]), "convnet": partial(ConvNet, channels=[4, 8]),
+          "spiking_mlp": partial(SpikingMLP, hidden=[32, 16], T=3),
+          "spiking_convnet": partial(SpikingConvNet, channels=[4, 8], T=2),
+          "recurrent_spiking": partial(RecurrentSpikingNet, hidden=16, T=3)}
 
 
 def _rule_class(make_rule):
@@ -50,8 +50,8 @@ def _rule_class(make_rule):
 
 
 # Variants that refuse a model their class supports (checked with the variant's own message).
-VARIANT_REFUSES = {("ccl_autoencode", "SpikingMLP"): "rule.task=autoencode supports MLP and ConvNet",
-                   ("ep", "ConvNet"): "model.norm=none", ("ep_ce_onesided", "ConvNet"): "model.norm=none"}
+VARIANT_REFUSES = {("ccl_autoencode", "spiking_mlp"): "rule.task=autoencode supports mlp and convnet",
+                   ("ep", "convnet"): "model.norm=none", ("ep_ce_onesided", "convnet"): "model.norm=none"}
 
 
 def _pairs(supported: bool):
@@ -59,8 +59,8 @@ def _pairs(supported: bool):
     out = []
     for r, make_rule in RULES.items():
         allowed = _rule_class(make_rule).supported_models
-        for m in MODELS:
-            ok = (allowed is None or m in allowed) and (r, m) not in VARIANT_REFUSES
+        for m, make_model in MODELS.items():
+            ok = (allowed is None or issubclass(make_model.func, allowed)) and (r, m) not in VARIANT_REFUSES
             if ok == supported:
                 out.append(pytest.param(r, m, id=f"{r}-{m}"))
     return out
@@ -124,12 +124,13 @@ def test_readout_only_trains_only_the_head(digits):
 
 def test_unsupported_model_names_the_supported_ones():
     class ConvOnly(LearningRule):
-        supported_models = ("ConvNet", "SpikingConvNet")
+        supported_models = (ConvNet, SpikingConvNet)
 
         def assign_credit(self, x, y):
             return {}
 
-    with pytest.raises(UnsupportedModelError, match="cannot train model MLP: it supports ConvNet, SpikingConvNet"):
+    with pytest.raises(UnsupportedModelError, match="rule conv_only cannot train model mlp: it supports convnet, "
+                                                    "spiking_convnet"):
         ConvOnly(MLP([64], 10))
 
 

@@ -1,4 +1,4 @@
-"""Sequence data (bioplaus.seqdata): character text from pydoc_data.topics, MQAR, patch sequences. All
+"""Sequence data (bioplaus.data.sequences): character text from pydoc_data.topics, MQAR, patch sequences. All
 offline: every loader runs with sockets disabled."""
 import socket
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bioplaus.data import IGNORE_INDEX, Dataset
+from bioplaus.data.sequences import CharVocab, corpus, digits_seq, mqar, patchify, text
 from bioplaus.errors import ConfigError
-from bioplaus.seqdata import CharVocab, corpus, digits_seq, mqar, patchify, text
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@ loop, the GLA mixer against the gla op's naive loop, the stable WKV against the 
 formula (and finite where that overflows); the spiking RWKV emits binary spikes the statistics see."""
 import pytest
 import torch
-from bioplaus.kernels.gla import gla_naive
-from bioplaus.kernels.wkv import wkv, wkv_naive
 
 from bioplaus.blocks.gla_mixer import GLAMixer, pick_impl
 from bioplaus.blocks.hgrn import HGRNMixer
 from bioplaus.errors import ConfigError
+from bioplaus.kernels.gla import gla_naive
+from bioplaus.kernels.wkv import wkv, wkv_naive
 from bioplaus.models.sequence import GatedLM, generate
 from bioplaus.models.spikegpt import SpikingRWKV
 from bioplaus.neurons import BaseNeuron

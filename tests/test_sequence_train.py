@@ -7,13 +7,13 @@ import sys
 
 import h5py
 import torch
-from bioplaus.rules.backprop import Backprop
 
-from bioplaus.data import IGNORE_INDEX
+from bioplaus.data import IGNORE_INDEX, unigram_loss
+from bioplaus.data.sequences import text
 from bioplaus.models import MLP
 from bioplaus.models.sequence import GatedLM
-from bioplaus.seqdata import text
-from bioplaus.train import TrainConfig, evaluate, train, unigram_loss
+from bioplaus.rules.backprop import Backprop
+from bioplaus.train import TrainConfig, evaluate, train
 
 RUN = [sys.executable, "-m", "bioplaus.run"]
 
@@ -33,7 +33,7 @@ def test_per_token_accuracy_and_loss_skip_ignored_targets():
     logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]],
                            [[0.0, 2.0], [0.0, 2.0], [2.0, 0.0]]])        # argmax: [0 1 0], [1 1 0]
     y = torch.tensor([[0, 0, IGNORE_INDEX], [1, IGNORE_INDEX, 1]])      # 4 scored targets, 2 right
-    acc, loss = evaluate(_Fixed(logits), torch.arange(2), y, 1, torch.device("cpu"), with_loss=True)
+    acc, loss = evaluate(_Fixed(logits), torch.arange(2), y, 1, torch.device("cpu"))
     assert acc == 0.5
     right, wrong = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)
     assert abs(loss - float(2 * right + 2 * wrong) / 4) < 1e-6

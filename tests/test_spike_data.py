@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from bioplaus.data import digits, spike_timing
-from bioplaus.encoding import encode, encode_step
 from bioplaus.errors import ConfigError
 from bioplaus.models import SpikingMLP
-from bioplaus.run import check_task
+from bioplaus.neurons.encoding import encode, encode_step
+from bioplaus.run import check_fit
 
 
 def test_latency_fires_once_brightest_first():
@@ -47,8 +47,8 @@ def test_spike_timing_is_seeded_balanced_and_rate_free():
 def test_mismatched_encoding_or_T_is_one_clear_error():
     data = spike_timing(n_train=20, n_test=10)
     with pytest.raises(ConfigError, match="use model.encoding=given model.T=10"):
-        check_task(SpikingMLP(data.in_shape, 10, T=10, encoding="rate"), data)
-    check_task(SpikingMLP(data.in_shape, 10, T=10, encoding="given"), data)          # the right way: fine
+        check_fit(SpikingMLP(data.in_shape, 10, T=10, encoding="rate"), data)
+    check_fit(SpikingMLP(data.in_shape, 10, T=10, encoding="given"), data)          # the right way: fine
     with pytest.raises(ConfigError, match="needs data of shape \\[T=8"):
         SpikingMLP(data.in_shape, 10, T=8, encoding="given")
     with pytest.raises(ConfigError, match="encoding 'given' needs data of shape"):

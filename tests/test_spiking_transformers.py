@@ -4,7 +4,6 @@ attention products, and backprop learning digits."""
 import numpy as np
 import pytest
 import torch
-from bioplaus.rules.backprop import Backprop
 
 from bioplaus import stats
 from bioplaus.blocks.spiking_attention import (
@@ -17,8 +16,9 @@ from bioplaus.blocks.spiking_attention import (
 )
 from bioplaus.errors import ConfigError
 from bioplaus.models.spikformer import SpikeDrivenTransformer, Spikformer
-from bioplaus.opcount import OpCounter, is_binary
+from bioplaus.rules.backprop import Backprop
 from bioplaus.stats import EnergyModel
+from bioplaus.stats.opcount import OpCounter, is_binary
 from bioplaus.train import TrainConfig, train
 
 NRN = {"kind": "lif", "tau": 2.0, "decay_input": False, "detach_reset": True}

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from bioplaus import stats
 from bioplaus.errors import ConfigError
 from bioplaus.models import MLP, SpikingMLP
-from bioplaus.opcount import OpCounter
 from bioplaus.stats import EnergyModel, MemoryModel
+from bioplaus.stats.opcount import OpCounter
 
 COMPUTE_ONLY = EnergyModel(name="test", bits=32, mac_pj=4.6, ac_pj=0.9, memory=None)
 
@@ -187,7 +187,7 @@ def test_spiking_conv_synops_agree_with_spikingjelly(digits):
 
 def test_attention_products_of_spikes_are_synaptic_ops():
     """Any model family is counted: a spiking self-attention product q k^T with binary q (a bmm)."""
-    from bioplaus.opcount import attribute
+    from bioplaus.stats.opcount import attribute
 
     class ToyAttention(torch.nn.Module):
         def forward(self, q, k):

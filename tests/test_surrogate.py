@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bioplaus.errors import ConfigError
-from bioplaus.surrogate import SURROGATES, Surrogate, get, spike
+from bioplaus.neurons.surrogate import SURROGATES, Surrogate, get, spike
 
 
 @pytest.mark.parametrize("name", list(SURROGATES))

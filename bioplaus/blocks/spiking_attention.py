@@ -12,7 +12,7 @@ Spikformer (SSA), heads H of width d = D / H, scale s (0.125):
     block:   X' = X + SSA(X);   X'' = X' + MLP(X'),  MLP(X) = SN(BN(SN(BN(X W_1)) W_2))
 
 The residual stream carries integer sums of spikes. Q K^T and (Q K^T) V are batched matmuls with a
-spike operand, so `bioplaus.opcount` counts them as synaptic ops (Q spikes x N keys, V spikes x N queries).
+spike operand, so `bioplaus.stats.opcount` counts them as synaptic ops (Q spikes x N keys, V spikes x N queries).
 
 Spike-driven Transformer (SDSA), membrane shortcut (the residual stream U is real-valued, each branch
 starts with a neuron):
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
-from bioplaus.neurons import NEURONS, make_neuron
+from bioplaus.neurons import KINDS, make_neuron
 
 
 def token_neuron(neuron: dict, **override) -> nn.Module:
@@ -41,7 +41,7 @@ def token_neuron(neuron: dict, **override) -> nn.Module:
     see the token axis there, so they are refused."""
     cfg = {**neuron, **override}
     kind = cfg.get("kind", "lif")
-    if getattr(NEURONS.get(kind), "needs_size", False):
+    if kind in KINDS and KINDS[kind].needs_size:
         raise ConfigError(f"neuron '{kind}' keeps per-channel parameters on dim 2, which is the token axis in "
                           "spiking transformers [T, B, N, D]: choose if, lif, plif or an adapter (sj_lif, ...)")
     return make_neuron(**cfg)

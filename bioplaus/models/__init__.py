@@ -1,25 +1,20 @@
-"""Layered networks (see `bioplaus.models.classic` for the shared skeleton).
+"""Layered networks (the shared skeleton is `bioplaus.models.base`).
 
-Every model exposes `encode`, `layers` (ModuleList, h_{l-1} -> h_l), `head`, `pool`, `dims`,
-`n_classes` and `spiking`, so layer-local rules can train any of them.
+Every model exposes `encode`, `layers` (ModuleList, h_{l-1} -> h_l), `head`, `pool`, `dims`, `n_classes`,
+`spiking`, `task` and `name`, so layer-local rules can train any of them.
 
+- `base`: Layered, Readout, pool, activations.
 - `classic`: MLP, ConvNet, SpikingMLP, SpikingConvNet.
+- `recurrent`: RecurrentSpikingNet (one recurrent LIF layer; e-prop's model).
 - `graph`: GCN, GraphSAGE (node classification on one graph; torch_geometric, the `graph` extra).
-- further families live in sibling modules (dense gated blocks, spiking transformers, sequence
-  models) and are selected in configs by their full path, e.g. `bioplaus.models.classic.MLP`.
+- `gated`: GatedMLP (GLU blocks); `spikformer`: Spikformer, SpikeDrivenTransformer; `sequence`: GatedLM
+  (HGRN / GLA mixers); `spikegpt`: SpikingRWKV. Select any in configs by its full path, e.g.
+  `bioplaus.models.classic.MLP`.
 """
-from bioplaus.models.classic import (
-    MLP,
-    ConvNet,
-    Layered,
-    Readout,
-    SpikingConvNet,
-    SpikingMLP,
-    count_parameters,
-    pool,
-)
-from bioplaus.models.graph import GCN, GraphSAGE
+from bioplaus.models.base import Layered, Readout, count_parameters, pool
+from bioplaus.models.classic import MLP, ConvNet, SpikingConvNet, SpikingLayered, SpikingMLP
+from bioplaus.models.graph import GCN, GNN, GraphSAGE
 from bioplaus.models.recurrent import RecurrentSpikingNet
 
-__all__ = ["MLP", "ConvNet", "Layered", "Readout", "SpikingConvNet", "SpikingMLP", "count_parameters", "pool",
-           "RecurrentSpikingNet", "GCN", "GraphSAGE"]
+__all__ = ["MLP", "ConvNet", "Layered", "Readout", "SpikingConvNet", "SpikingLayered", "SpikingMLP",
+           "count_parameters", "pool", "RecurrentSpikingNet", "GCN", "GNN", "GraphSAGE"]

@@ -1,19 +1,9 @@
-"""Layered networks: `model.layers` (ModuleList, each h_{l-1} -> h_l) and `model.head` (h_L -> logits).
+"""Classic layered networks: MLP, ConvNet (static, ReLU), SpikingMLP, SpikingConvNet.
 
-Every model has the same skeleton so layer-local rules can work on any of them:
-
-    h_0 = model.encode(x)               x [B, C, H, W] (or [B, F])
-    h_l = model.layers[l-1](h_{l-1})    static: [B, ...];  spiking: spikes [T, B, ...] (time-major)
-    logits = model.head(h_L)            [B, n_classes]; the head pools first: model.pool(h) -> [B, D]
-
-`model.in_shape` is the input shape of one sample (without the batch axis).
-`model.dims[l]` is the pooled width of h_{l+1} (what `pool` returns), so a rule can attach its own
-per-layer classifiers or feedback weights. Spiking models read out the time-average of a linear
-head on the spikes (logits = mean_t W s_t + c).
-
-Models: MLP, ConvNet (static, ReLU), SpikingMLP, SpikingConvNet (LIF-family neurons between layers,
-T steps; encoding direct, rate or latency from static data, or 'given' for data that already are spike
-trains [B, T, ...], e.g. `data=spike_timing`).
+The skeleton they share (`Layered`, `Readout`, `pool`) is `bioplaus.models.base`. Spiking models put
+LIF-family neurons between layers and run T steps; their encoding is direct, rate or latency from static data,
+or 'given' for data that already are spike trains [B, T, ...], e.g. `data=spike_timing`. They read out the
+time-average of a linear head on the spikes (logits = mean_t W s_t + c).
 """
 from __future__ import annotations
 
@@ -22,74 +12,18 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bioplaus.encoding import Encoder, step_shape
 from bioplaus.errors import ConfigError
+from bioplaus.models.base import Layered, Readout, check_widths, flat_size, make_activation
 from bioplaus.neurons import make_neuron
+from bioplaus.neurons.encoding import Encoder, step_shape
 
 NORMS = {"batch": nn.BatchNorm2d, "none": lambda c: nn.Identity()}
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation '{name}': choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
-
-
-def _check_widths(name: str, widths: Sequence[int]) -> list[int]:
-    widths = [int(w) for w in widths]
-    if not widths or any(w < 1 for w in widths):
-        raise ConfigError(f"model.{name} must be a non-empty list of positive sizes, got {widths}")
-    return widths
-
-
-class Readout(nn.Module):
-    """Head: pool h (flatten; spiking: mean over T first) then one Linear -> logits [B, C]."""
-
-    def __init__(self, in_dim: int, n_classes: int, spiking: bool):
-        super().__init__()
-        self.spiking = spiking
-        self.linear = nn.Linear(in_dim, n_classes)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.linear(pool(h, self.spiking))
-
-
-def pool(h: Tensor, spiking: bool) -> Tensor:
-    """Layer output -> [B, D]: flatten (static) or time-average then flatten (spiking, [T, B, ...])."""
-    return (h.mean(0) if spiking else h).flatten(1)
-
-
-class Layered(nn.Module):
-    """Base class: subclasses fill `layers`, `head`, `dims`, `n_classes`, `spiking`."""
-
-    layers: nn.ModuleList
-    head: nn.Module
-    spiking: bool = False
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Input [B, ...] -> h_0 (static: x itself; spiking: [T, B, ...] from the encoder)."""
-        return x
-
-    def pool(self, h: Tensor) -> Tensor:
-        return pool(h, self.spiking)
-
-    def features(self, x: Tensor) -> Tensor:
-        h = self.encode(x)
-        for layer in self.layers:
-            h = layer(h)
-        return h
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
 class Dense(nn.Module):
     """Flatten -> Linear -> activation: [B, ...] -> [B, out]."""
 
     def __init__(self, d_in: int, d_out: int, activation: str = "relu"):
         super().__init__()
-        self.linear, self.act = nn.Linear(d_in, d_out), _activation(activation)
+        self.linear, self.act = nn.Linear(d_in, d_out), make_activation(activation)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.act(self.linear(h.flatten(1)))
@@ -127,7 +61,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")
         self.norm = NORMS[norm](c_out)
         self.spiking = neuron is not None
-        self.act = make_neuron(size=c_out, **neuron) if self.spiking else _activation(activation)
+        self.act = make_neuron(size=c_out, **neuron) if self.spiking else make_activation(activation)
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, h: Tensor) -> Tensor:
@@ -139,10 +73,6 @@ class ConvBlock(nn.Module):
         return self.pool(s.flatten(0, 1)).unflatten(0, (T, B))
 
 
-def _flat(in_shape: Sequence[int]) -> int:
-    return int(math.prod(in_shape))
-
-
 class MLP(Layered):
     """x [B, ...] -> Dense(hidden[0]) -> ... -> Linear(n_classes)."""
 
@@ -152,7 +82,7 @@ class MLP(Layered):
                  activation: str = "relu"):
         super().__init__()
         self.in_shape = tuple(int(d) for d in in_shape)
-        widths = [_flat(in_shape), *_check_widths("hidden", hidden)]
+        widths = [flat_size(in_shape), *check_widths("hidden", hidden)]
         self.layers = nn.ModuleList(Dense(i, o, activation) for i, o in zip(widths, widths[1:]))
         self.dims, self.n_classes = widths[1:], int(n_classes)
         self.head = Readout(widths[-1], self.n_classes, spiking=False)
@@ -181,7 +111,7 @@ class ConvNet(Layered):
                  activation: str = "relu", norm: str = "batch"):
         super().__init__()
         self.in_shape = tuple(int(d) for d in in_shape)
-        chans = _check_widths("channels", channels)
+        chans = check_widths("channels", channels)
         c, self.dims = _conv_dims(in_shape, chans)
         self.norm = norm
         self.layers = nn.ModuleList(ConvBlock(i, o, activation, norm=norm) for i, o in zip([c, *chans], chans))
@@ -189,7 +119,9 @@ class ConvNet(Layered):
         self.head = Readout(self.dims[-1], self.n_classes, spiking=False)
 
 
-class _Spiking(Layered):
+class SpikingLayered(Layered):
+    """Base of spiking models that encode static input over T steps (the encoder sets `T`)."""
+
     spiking = True
 
     def _setup_time(self, T: int, encoding: str, neuron: dict | None) -> dict:
@@ -197,11 +129,8 @@ class _Spiking(Layered):
         self.T = self.encoder.T
         return {"kind": "lif", **(dict(neuron) if neuron else {})}
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
 
-
-class SpikingMLP(_Spiking):
+class SpikingMLP(SpikingLayered):
     """Encoder -> SpikingDense(hidden[0]) -> ... -> time-averaged Linear readout."""
 
     name = "spiking_mlp"
@@ -211,13 +140,13 @@ class SpikingMLP(_Spiking):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
         self.in_shape = tuple(int(d) for d in in_shape)
-        widths = [_flat(step_shape(self.in_shape, self.T, encoding)), *_check_widths("hidden", hidden)]
+        widths = [flat_size(step_shape(self.in_shape, self.T, encoding)), *check_widths("hidden", hidden)]
         self.layers = nn.ModuleList(SpikingDense(i, o, nrn, weight_gain) for i, o in zip(widths, widths[1:]))
         self.dims, self.n_classes = widths[1:], int(n_classes)
         self.head = Readout(widths[-1], self.n_classes, spiking=True)
 
 
-class SpikingConvNet(_Spiking):
+class SpikingConvNet(SpikingLayered):
     """Encoder -> spiking ConvBlock(channels[0]) -> ... -> time-averaged Linear readout."""
 
     name = "spiking_convnet"
@@ -227,24 +156,11 @@ class SpikingConvNet(_Spiking):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
         self.in_shape = tuple(int(d) for d in in_shape)
-        chans = _check_widths("channels", channels)
+        chans = check_widths("channels", channels)
         c, self.dims = _conv_dims(step_shape(self.in_shape, self.T, encoding), chans)
         self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn) for i, o in zip([c, *chans], chans))
         self.n_classes = int(n_classes)
         self.head = Readout(self.dims[-1], self.n_classes, spiking=True)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-__all__ = [
-    "MLP",
-    "ConvNet",
-    "Layered",
-    "Readout",
-    "SpikingConvNet",
-    "SpikingMLP",
-    "count_parameters",
-    "pool",
-]
+__all__ = ["MLP", "ConvBlock", "ConvNet", "Dense", "SpikingConvNet", "SpikingDense", "SpikingLayered", "SpikingMLP"]

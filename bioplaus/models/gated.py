@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from bioplaus.blocks.common import GLU, PreNormResidual, make_norm
 from bioplaus.errors import ConfigError
-from bioplaus.models.classic import Layered
+from bioplaus.models.base import Layered
 
 
 def patchify(x: Tensor, patch: int | None) -> Tensor:

@@ -1,8 +1,9 @@
 """Graph neural networks for transductive node classification: GCN and GraphSAGE, layered.
 
-Graphs are node-major: node features [V, F], edge_index [2, E] (bioplaus.graphdata). A graph model is
-built with the whole graph (`graph=data.graph`, passed by bioplaus-run for graph data) and keeps it as
-buffers (not in the state_dict: the data rebuild it). Its input is a batch of node ids [B] int64:
+Graphs are node-major: node features [V, F], edge_index [2, E] (bioplaus.data.graphs). A graph model is
+built with the whole graph (`graph=...`, any object with `x` and `edge_index`: graph data hand it over in
+`Dataset.model_kwargs()`) and keeps it as buffers (not in the state_dict: the data rebuild it). Its input is a
+batch of node ids [B] int64:
 
     h_0 = model.encode()                               x [V, F] (+ model.extra_inputs columns, see below)
     h_l = model.layers[l-1](h_{l-1}, edge_index)       [V, d_l]: conv -> activation, over the full graph
@@ -16,6 +17,7 @@ Layers (torch_geometric convs, then the activation; optional dropout on the laye
 `model.dims[l]` is the width of h_{l+1}; `model.n_classes`; `model.graph_model` is True (bioplaus.run
 checks graph models meet graph data and vice versa). A layer takes any node set and edge set with the
 right widths, so a rule may run it on an augmented graph (ForwardGNN's virtual class nodes).
+Whether a model fits graph data is decided once, by bioplaus-run, from the class attribute `graph_model`.
 
 `widen_input(k, fill)`: a rule that appends k columns to the node features (ForwardGNN's label appending)
 rebuilds layer 1 with F + k inputs; `encode()` then appends `fill` (e.g. the uniform label 1/C) so
@@ -30,11 +32,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from bioplaus.errors import ConfigError
-from bioplaus.graphdata import Graph, require_pyg
-from bioplaus.models.classic import Layered, _activation, _check_widths
+from bioplaus.errors import ConfigError, require
+from bioplaus.models.base import Layered, check_widths, make_activation
 
 GRAPH_DATA = "data=sbm, data=karate or data=pyg"
+PYG = ("torch_geometric", "graph models need", "install the graph extra: pip install -e '.[graph]'")
 
 
 class GraphLayer(nn.Module):
@@ -42,7 +44,7 @@ class GraphLayer(nn.Module):
 
     def __init__(self, conv: nn.Module, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
-        self.conv, self.act, self.drop = conv, _activation(activation), nn.Dropout(dropout)
+        self.conv, self.act, self.drop = conv, make_activation(activation), nn.Dropout(dropout)
 
     def forward(self, h: Tensor, edge_index: Tensor) -> Tensor:
         return self.act(self.conv(self.drop(h), edge_index))
@@ -55,12 +57,12 @@ class GNN(Layered):
     name = "gnn"
     conv: tuple[str, dict] = ("GCNConv", {})     # the torch_geometric.nn layer of each block, and its keywords
 
-    def __init__(self, in_shape: Sequence[int], n_classes: int, graph: Graph | None = None,
+    def __init__(self, in_shape: Sequence[int], n_classes: int, graph=None,
                  hidden: Sequence[int] = (128, 128), activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         if graph is None:
             raise ConfigError(f"model {self.name} is a graph model and needs graph data: use {GRAPH_DATA}")
-        require_pyg()
+        require(*PYG)
         if not 0 <= float(dropout) < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
         self.in_shape = tuple(int(d) for d in in_shape)          # () : one sample is one node id
@@ -68,15 +70,14 @@ class GNN(Layered):
         self.register_buffer("edge_index", graph.edge_index.long(), persistent=False)  # [2, E]
         self.n_features, self.n_classes = int(graph.x.shape[1]), int(n_classes)
         self.activation, self.dropout = activation, float(dropout)
-        widths = [self.n_features, *_check_widths("hidden", hidden)]
+        widths = [self.n_features, *check_widths("hidden", hidden)]
         self.layers = nn.ModuleList(self._layer(i, o) for i, o in zip(widths, widths[1:]))
         self.dims = widths[1:]
         self.head = nn.Linear(widths[-1], self.n_classes)
         self.extra_inputs = 0
 
     def _layer(self, d_in: int, d_out: int) -> GraphLayer:
-        import torch_geometric.nn as pyg_nn
-
+        pyg_nn = require("torch_geometric.nn", *PYG[1:])
         name, kwargs = self.conv
         return GraphLayer(getattr(pyg_nn, name)(d_in, d_out, **kwargs), self.activation, self.dropout)
 
@@ -133,24 +134,4 @@ class GraphSAGE(GNN):
     conv = ("SAGEConv", {"aggr": "mean"})
 
 
-def graph_kwargs(model_cfg, data) -> dict:
-    """Extra model arguments for bioplaus-run: {"graph": data.graph} for graph data, after checking that the
-    configured model (`model._target_`) is a graph model; {} for other data."""
-    graph = getattr(data, "graph", None)
-    if graph is None:
-        return {}
-    target = model_cfg.get("_target_", "?")
-    try:
-        from hydra.utils import get_class
-
-        cls = get_class(target)
-    except Exception:          # an unimportable target: instantiate reports it
-        return {"graph": graph}
-    if not getattr(cls, "graph_model", False):
-        name = getattr(cls, "name", target)
-        raise ConfigError(f"data {data.name} is a graph (samples are node ids) but model {name} is not a graph model: "
-                          "use model=gcn or model=sage")
-    return {"graph": graph}
-
-
-__all__ = ["GCN", "GNN", "GraphLayer", "GraphSAGE", "graph_kwargs"]
+__all__ = ["GCN", "GNN", "GraphLayer", "GraphSAGE"]

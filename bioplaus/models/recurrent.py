@@ -1,6 +1,6 @@
 """A recurrent spiking network: one recurrent LIF layer and a time-averaged linear readout.
 
-The Layered skeleton (see `bioplaus.models.classic`) with a single layer:
+The Layered skeleton (see `bioplaus.models.base`) with a single layer:
 
     h_0    = model.encode(x)                              [T, B, F]   (F = prod of one step's input shape)
     z      = model.layers[0](h_0)                         spikes [T, B, H]
@@ -40,10 +40,10 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bioplaus.encoding import Encoder, step_shape
 from bioplaus.errors import ConfigError
-from bioplaus.models.classic import Layered, Readout
+from bioplaus.models.base import Layered, Readout
 from bioplaus.neurons import LIFNode
+from bioplaus.neurons.encoding import Encoder, step_shape
 
 StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]
 
@@ -133,8 +133,6 @@ class RecurrentSpikingNet(Layered):
         self.dims, self.n_classes = [int(hidden)], int(n_classes)
         self.head = Readout(int(hidden), self.n_classes, spiking=True)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
 
 
 __all__ = ["RecurrentLIF", "RecurrentSpikingNet"]

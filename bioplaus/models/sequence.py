@@ -30,7 +30,7 @@ from bioplaus.blocks.common import GLU, PreNormResidual, make_norm
 from bioplaus.blocks.gla_mixer import GLAMixer
 from bioplaus.blocks.hgrn import HGRNMixer
 from bioplaus.errors import ConfigError
-from bioplaus.models.classic import Layered
+from bioplaus.models.base import Layered
 
 MIXERS = {"hgrn": HGRNMixer, "gla": GLAMixer}
 
@@ -136,9 +136,6 @@ class GatedLM(Layered):
             blocks.append(GatedBlock(dim, mix, glu, glu_hidden, norm))
         self.layers = nn.ModuleList(blocks)
         self.head = SequenceHead(self.task, dim, self.n_classes, norm)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
 
     def pool(self, h: Tensor) -> Tensor:
         return self.head.pool(h)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from bioplaus.blocks.common import make_norm
 from bioplaus.blocks.spiking_rwkv import SpikingRWKVBlock
 from bioplaus.errors import ConfigError
-from bioplaus.models.classic import Layered
+from bioplaus.models.base import Layered
 from bioplaus.models.sequence import SequenceEncoder, SequenceHead, sequence_task
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from bioplaus.blocks.spiking_attention import SpikeDrivenBlock, SpikformerBlock, token_neuron
 from bioplaus.errors import ConfigError
-from bioplaus.models.classic import _Spiking
+from bioplaus.models.classic import SpikingLayered
 from bioplaus.neurons import make_neuron
 
 
@@ -111,7 +111,7 @@ class SpikingTokenReadout(nn.Module):
         return self.linear(m if self.sn is None else self.sn(m)).mean(0)
 
 
-class _SpikingTransformer(_Spiking):
+class _SpikingTransformer(SpikingLayered):
     def _finish(self, in_shape: Sequence[int], stem: nn.Module, blocks: list[nn.Module], dim: int, n_classes: int,
                 head: nn.Module):
         self.in_shape = tuple(int(d) for d in in_shape)

@@ -1,10 +1,18 @@
-"""bioplaus.stats — spike, operation, memory and energy accounting, and its export.
+"""bioplaus.stats — all measuring: operations, memory, training cost, spikes, energy, and their export.
 
     from bioplaus import stats
     energy = stats.preset("fp32_45nm")                   # or EnergyModel(...), or stats=<preset> in a run
     layers = stats.collect(model, x_test, energy)        # per layer, per sample, per time step
     stats.write_h5("stats.h5", layers, stats.summary(layers), attrs)
     data = stats.load("runs/.../stats.h5")              # nested dicts
+
+- `opcount`: exact MAC / AC (synaptic op) counts of any forward or backward pass (a TorchDispatchMode).
+- `memory`: bytes autograd saves for backward (`SavedTensors`) and peak memory of a run (`PeakMemory`).
+- `cost`: the trainer's meter (`TrainingMeter`): time, peak memory, the first update's ops, passes and saved bytes.
+- `collect`: per-layer, per-step account of a trained model's inference (spikes, SOPs, MACs, memory, energy).
+- `energy`: hardware energy models as data (45 nm presets, memory access by buffer size).
+- `report`: what `bioplaus-run` writes: inference statistics plus the priced training cost, built once.
+- `export`: stats.h5 (HDF5), stats.json / stats.csv, and `load`.
 
 stats.h5 schema (plain HDF5; every dataset has attrs["units"]):
 
@@ -22,8 +30,13 @@ Training cost per step is measured on the rule's first update (whole batch, forw
 every op the rule ran) by the trainer; its energy is compute only (MACs and ACs).
 """
 from bioplaus.stats.collect import collect, summary
+from bioplaus.stats.cost import TrainingMeter, UpdateCost
 from bioplaus.stats.energy import EnergyModel, MemoryModel, preset, presets
-from bioplaus.stats.export import atomic_path, atomic_write, load, write_flat, write_h5
+from bioplaus.stats.export import load, write_flat, write_h5
+from bioplaus.stats.memory import PeakMemory, SavedTensors
+from bioplaus.stats.opcount import OpCounter
+from bioplaus.stats.report import Report, report, training_cost
 
-__all__ = ["collect", "summary", "EnergyModel", "MemoryModel", "preset", "presets", "atomic_path",
-           "atomic_write", "load", "write_flat", "write_h5"]
+__all__ = ["collect", "summary", "EnergyModel", "MemoryModel", "OpCounter", "PeakMemory", "Report", "SavedTensors",
+           "TrainingMeter", "UpdateCost", "load", "preset", "presets", "report", "training_cost", "write_flat",
+           "write_h5"]

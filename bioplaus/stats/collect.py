@@ -27,7 +27,7 @@ the rule's own inference (`rule.predict`, per `rule.inference_layers()`): Forwar
 inference runs C label passes, NoProp's runs its T denoising blocks, and both cost what they cost.
 
 Spikes are counted inside the neuron kernels (leaky_scan's `counts`), at no extra pass over the spikes.
-Ops are counted by `bioplaus.opcount.OpCounter` (every matmul/conv aten op, attributed to the layer
+Ops are counted by `bioplaus.stats.opcount.OpCounter` (every matmul/conv aten op, attributed to the layer
 whose forward ran it), so any model family is covered without per-layer code.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from bioplaus.neurons import BaseNeuron
-from bioplaus.opcount import OpCounter, attribute
 from bioplaus.stats.energy import EnergyModel
+from bioplaus.stats.opcount import OpCounter, attribute
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -74,8 +74,8 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
     [T], the op counter's counts per scope, the sample count) before per-sample quantities are formed: data
     parallel runs sum them over ranks (bioplaus.distributed.stats_reducer)."""
     layers = rule.inference_layers() if rule is not None else _layers(model)
-    spiking = bool(getattr(model, "spiking", False))
-    T = int(getattr(model, "T", 1)) if spiking else 1
+    spiking = bool(model.spiking)
+    T = int(model.T) if spiking else 1
     in_model = {id(m) for m in model.layers}
     time_layers = {n for n, m in layers.items() if id(m) in in_model} if spiking else set()
     rec: dict[str, dict] = {n: {"params": sum(p.numel() for p in m.parameters())} for n, m in layers.items()}

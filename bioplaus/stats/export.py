@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bioplaus.atomic import atomic_path, atomic_write  # noqa: F401 - re-exported by bioplaus.stats
+from bioplaus.atomic import atomic_write
 
 UNITS = {
     "spike_counts": "spikes/sample/step", "n_neurons": "neurons", "firing_rate": "spikes/neuron/step",

@@ -1,6 +1,6 @@
 """SpikingJelly and snnTorch neurons behind bioplaus's neuron interface (same config key `neuron.kind`).
 
-Every adapter is a `bioplaus.neurons.BaseNeuron`: multi-step x [T, B, ...] -> spikes [T, B, ...]
+Every adapter is a `bioplaus.neurons.native.BaseNeuron`: multi-step x [T, B, ...] -> spikes [T, B, ...]
 (step_mode="m", default; "s" keeps the membrane across calls until `.reset()`), the last membrane
 in `.v`, and spikes per step added to `.spike_counts` when the statistics layer sets it, so
 `bioplaus.stats.collect` counts them like native neurons. Only the charge/fire/reset is delegated.
@@ -31,36 +31,32 @@ snnTorch's Leaky, for LIF(tau, decay_input, v_reset=0 or None):
                                 stays above threshold after one, so neither matches; needs detach_reset=true.
 
 so with matching settings (hard reset) each adapter gives the spikes of `bioplaus.neurons.LIFNode`
-(the sj_* adapters also with soft reset); tests check it.
+(the sj_* adapters also with soft reset); tests check it. Adapters are not `pure_step`: their library runs
+the dynamics, so rules that replay the charge themselves (TESS) refuse them.
 A missing library gives one ConfigError naming the install command.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import Tensor
 
-from bioplaus.errors import ConfigError
-from bioplaus.neurons import BaseNeuron
+from bioplaus.errors import ConfigError, require
+from bioplaus.neurons.native import BaseNeuron
 
 INSTALL = {"spikingjelly": "pip install --no-deps spikingjelly==2.0.0 loguru tqdm",
            "snntorch": "pip install snntorch"}
 
 
 def _require(module: str, kind: str):
-    top = module.split(".")[0]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"neuron kind '{kind}' needs {top}, which is not installed: {INSTALL[top]} "
-                          "(or pick a native neuron: if, lif, plif, gated_lif)") from None
+    return require(module, f"neuron kind '{kind}' needs", f"{INSTALL[module.split('.')[0]]} (or pick a native neuron: "
+                   "if, lif, plif, gated_lif)")
 
 
 class _Adapter(BaseNeuron):
     """Shared plumbing: mode handling and spike counting around a library's multi-step `_run`."""
 
     kind = "?"
+    pure_step = False
 
     def __init__(self, backend: str = "auto", **kw):
         if backend != "auto":
@@ -122,7 +118,7 @@ class SJIFNode(_SpikingJelly):
 
     kind, node_class = "sj_if", "IFNode"
 
-    def coefficients(self):
+    def coefficients(self, x=None):
         return 1.0, 1.0
 
 
@@ -136,7 +132,7 @@ class SJLIFNode(_SpikingJelly):
             raise ConfigError(f"LIF tau must be > 1 time step, got {tau}")
         super().__init__(tau=float(tau), decay_input=bool(decay_input), **kw)
 
-    def coefficients(self):
+    def coefficients(self, x=None):
         k = 1.0 / self.node.tau
         return 1.0 - k, (k if self.node.decay_input else 1.0)
 
@@ -152,7 +148,7 @@ class SJPLIFNode(_SpikingJelly):
             raise ConfigError(f"PLIF init_tau must be > 1 time step, got {init_tau}")
         super().__init__(init_tau=float(init_tau), decay_input=bool(decay_input), **kw)
 
-    def coefficients(self):
+    def coefficients(self, x=None):
         k = torch.sigmoid(self.node.w)
         return 1.0 - k, (k if self.node.decay_input else 1.0)
 
@@ -190,7 +186,7 @@ class SnnTorchLeaky(_Adapter):
                                reset_delay=self.delayed)
         self._mem: Tensor | None = None
 
-    def coefficients(self):
+    def coefficients(self, x=None):
         return 1.0 - 1.0 / self.tau, (1.0 / self.tau if self.decay_input else 1.0)
 
     def _run(self, seq, fresh):

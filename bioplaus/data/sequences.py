@@ -1,5 +1,5 @@
 """Sequence datasets, all generated or read offline: character text, multi-query associative recall
-(MQAR) and images as patch sequences. Every one is a `bioplaus.data.Dataset`.
+(MQAR) and images as patch sequences. Every one is a `bioplaus.data.base.Dataset`.
 
 - `text(seq_len, ...)`: character-level language modelling on CPython's own documentation
   (`pydoc_data.topics`, 79 topics, ~465k characters; ships with every CPython). The topics are joined
@@ -15,7 +15,7 @@
   positions holding random tokens. Target at a query position = the value paired with that key in
   the context; every other target is IGNORE_INDEX (-100). Seeded by `seed` (independent of the run's
   seed, so every run sees the same data). Needs L >= 4 n_kv and n_kv <= V/2 - 1.
-- `digits_seq(patch)`, `fashion_seq(root, ..., patch)`: the image protocols of `bioplaus.data` as
+- `digits_seq(patch)`, `fashion_seq(root, ..., patch)`: the image protocols of `bioplaus.data.images` as
   patch sequences for classification: [N, C, H, W] -> x [N, L, P] with L = (H/ph)(W/pw) patches in
   row-major order and P = C ph pw pixels per patch; y [N] unchanged, task "classify".
 """
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bioplaus.data import FASHION_ROOT, IGNORE_INDEX, Dataset, digits, fashion
+from bioplaus.data.base import IGNORE_INDEX, Dataset
+from bioplaus.data.images import FASHION_ROOT, digits, fashion
 from bioplaus.errors import ConfigError
 
 

@@ -3,7 +3,7 @@
 Graphs are node-major: node features x [V, F] float32 (one row per node), edge_index [2, E] int64
 (row 0 = source, row 1 = target; undirected graphs list both directions), labels y [V] int64.
 
-A node-classification dataset is a `GraphDataset` (a `bioplaus.data.Dataset`) whose samples are *node ids*:
+A node-classification dataset is a `GraphDataset` (a `bioplaus.data.base.Dataset`) whose samples are *node ids*:
 x_train [N_train] / x_test [N_test] int64 node ids, y_train / y_test their labels, and `graph` (a `Graph`:
 x and edge_index, no labels) the whole graph. A graph model (bioplaus.models.graph) is built with the graph
 and holds it as buffers; model(node_ids [B]) runs the full graph and returns the logits of those nodes
@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bioplaus.data import Dataset
-from bioplaus.errors import ConfigError
+from bioplaus.data.base import Dataset
+from bioplaus.errors import ConfigError, require
 
 PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 GRAPH_EXTRA = "install the graph extra: pip install -e '.[graph]'"
@@ -51,11 +51,7 @@ GRAPH_EXTRA = "install the graph extra: pip install -e '.[graph]'"
 
 def require_pyg():
     """Import torch_geometric, or one ConfigError naming the extra to install."""
-    try:
-        import torch_geometric
-    except ImportError:
-        raise ConfigError(f"graph models and PyG data need torch_geometric: {GRAPH_EXTRA}") from None
-    return torch_geometric
+    return require("torch_geometric", "PyG data need", GRAPH_EXTRA)
 
 
 class Graph:
@@ -87,6 +83,11 @@ class GraphDataset(Dataset):
     """Node classification: x_* are node ids [N] int64 into `graph`, y_* their labels [N]."""
 
     graph: Graph | None = None
+    graph_data = True
+
+    def model_kwargs(self) -> dict:
+        """A graph model is built with the whole graph: in_shape (), n_classes and graph."""
+        return {**super().model_kwargs(), "graph": self.graph}
 
     def __repr__(self) -> str:
         g = self.graph

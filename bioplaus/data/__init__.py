@@ -1,0 +1,18 @@
+"""bioplaus.data — every dataset from local files or generated (nothing downloads at run time).
+
+- `base`: the `Dataset` type (in-memory tensors; `model_kwargs()` tells the model what to be built with),
+  the seeded batch iterator, tasks ("classify", "lm") and IGNORE_INDEX.
+- `images`: sklearn digits, Fashion-MNIST and MNIST from local IDX files.
+- `spikes`: data that already are spike trains (the generated spike-timing task).
+- `sequences`: character text (pydoc topics), multi-query associative recall, images as patch sequences.
+- `graphs`: node classification on one graph (SBM, karate club, PyG / Planetoid files).
+
+Configs name a loader by its full path (`_target_: bioplaus.data.images.fashion`); the common ones are
+re-exported here.
+"""
+from bioplaus.data.base import IGNORE_INDEX, TASKS, Dataset, batches, subset, unigram_loss
+from bioplaus.data.images import FASHION_ROOT, IDX_FILES, digits, fashion, idx_dataset, mnist, read_idx
+from bioplaus.data.spikes import spike_timing
+
+__all__ = ["FASHION_ROOT", "IDX_FILES", "IGNORE_INDEX", "TASKS", "Dataset", "batches", "digits", "fashion",
+           "idx_dataset", "mnist", "read_idx", "spike_timing", "subset", "unigram_loss"]

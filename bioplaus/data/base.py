@@ -1,0 +1,99 @@
+"""The `Dataset` type every loader returns, the seeded batch iterator, and what a task measures.
+
+A dataset is held in memory (x_train, y_train, x_test, y_test tensors) and hands the model what it needs
+to be built (`model_kwargs()`: the input shape of one sample and the number of classes; graph data add the
+graph), so the runner has no per-family branch and models import no data module.
+
+Tasks (`Dataset.task`): "classify" (y [N], one label per sample) or "lm" (y [N, L], one target per
+token; IGNORE_INDEX = -100 where nothing is asked, e.g. non-query positions of MQAR). `task_metrics(test_loss)`
+adds what a task reports beside accuracy: for "lm" the loss in bits per character and the unigram baseline
+(the test cross-entropy of a model that ignores its input).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bioplaus.errors import ConfigError
+
+TASKS = ("classify", "lm")
+IGNORE_INDEX = -100          # target of a position that is not scored (cross-entropy's ignore_index)
+
+
+@dataclass
+class Dataset:
+    """A dataset held in memory. classify: x [N, *in_shape] float32, y [N] int64 labels.
+    lm: x [N, L] int64 token ids, y [N, L] int64 per-token targets (IGNORE_INDEX = not scored);
+    n_classes is then the vocabulary size. `vocab`: the characters in id order (character text)."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+    task: str = "classify"
+    vocab: str | None = None
+    spike_train: bool = False        # x [N, T, ...] is already a spike train (read with encoding=given)
+
+    graph_data = False               # samples are node ids into one graph (bioplaus.data.graphs.GraphDataset)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown data task '{self.task}': choose one of {', '.join(TASKS)}")
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def model_kwargs(self) -> dict:
+        """What a model is built with from this data: in_shape (one sample) and n_classes."""
+        return {"in_shape": list(self.in_shape), "n_classes": self.n_classes}
+
+    def task_metrics(self, test_loss: float, per_epoch: bool = False) -> dict:
+        """Metrics beside accuracy for this task, from the test cross-entropy (nats per target). lm: the loss
+        itself and, at the end of a run (per_epoch False), bits_per_char (test_loss / ln 2) and unigram_loss
+        (the input-blind baseline). classify: none (rules' outputs need not be logits)."""
+        if self.task != "lm":
+            return {}
+        if per_epoch:
+            return {"test_loss": test_loss}
+        return {"test_loss": test_loss, "bits_per_char": test_loss / math.log(2),
+                "unigram_loss": unigram_loss(self.y_train, self.y_test, self.n_classes)}
+
+    def __repr__(self) -> str:
+        what = f"{self.n_classes} classes" if self.task == "classify" else f"{self.task}, vocab {self.n_classes}"
+        return f"Dataset({self.name}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, {what})"
+
+
+def subset(n: int | None, total: int, what: str) -> int:
+    """How many of `total` items a `data.n_*` setting keeps (None = all), or a ConfigError out of range."""
+    if n is None:
+        return total
+    if not 1 <= int(n) <= total:
+        raise ConfigError(f"{what}={n} is out of range: choose 1..{total} (or null for all)")
+    return int(n)
+
+
+def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
+    """Test cross-entropy (nats per target) of the add-one-smoothed unigram distribution of the training
+    targets: the baseline an input-blind model reaches. IGNORE_INDEX targets are skipped."""
+    counts = torch.bincount(y_train[y_train != IGNORE_INDEX].flatten(), minlength=n_classes).double() + 1
+    logp = (counts / counts.sum()).log()
+    return float(-logp[y_test[y_test != IGNORE_INDEX].flatten()].mean())
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (x [b, ...], y [b, ...]) mini-batches; the last one may be smaller."""
+    order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+__all__ = ["IGNORE_INDEX", "TASKS", "Dataset", "batches", "subset", "unigram_loss"]
