@@ -237,6 +237,17 @@ def check_overrides(argv: list[str]) -> None:
                                   f"(configs/{key}/*.yaml)")
 
 
+def objective(cfg, metrics: dict) -> float | None:
+    """What a job returns to an optimising sweeper (experiment=tune): metrics[cfg.objective], or None."""
+    key = cfg.get("objective")
+    if not key:
+        return None
+    if key not in metrics:
+        raise ConfigError(f"objective '{key}' is not in metrics.json: use a key it has (e.g. val_acc with "
+                          "trainer.val_fraction > 0)")
+    return float(metrics[key])
+
+
 def _fail(err: Exception, out_dir: Path | None = None) -> None:
     print(f"bioplaus-run: error: {err}", file=sys.stderr, flush=True)
     if out_dir is not None and out_dir.exists():
@@ -253,7 +264,8 @@ def _hydra_main():
     def main(cfg) -> None:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            run(cfg, out_dir)
+            metrics = run(cfg, out_dir)
+            return objective(cfg, metrics)
         except MissingMandatoryValue as e:
             _fail(ConfigError(f"{e.full_key} must be set (add {e.full_key}=... to the command)"), out_dir)
         except ConfigError as e:

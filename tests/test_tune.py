@@ -1,0 +1,45 @@
+"""experiment=tune: Hydra's Optuna sweeper searches the shared space plus the rule's own, maximising val_acc (never
+test_acc), and experiments/tune.py writes the winner as a config that composes into the same run."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _tune_module():
+    spec = importlib.util.spec_from_file_location("tune", ROOT / "experiments" / "tune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_study_maximises_val_acc_over_the_declared_space(tmp_path):
+    out = tmp_path / "study"
+    r = subprocess.run([sys.executable, "-m", "bioplaus.run", "-m", "experiment=tune", "+protocol=digits",
+                        "+arm=ep_mlp", "+search=ep", "hydra.sweeper.n_trials=3", "trainer.epochs=1", "data.n_train=300",
+                        "rule.T2=2", f"hydra.sweep.dir={out}", "~hydra.callbacks.compare"],
+                       capture_output=True, text=True, timeout=600, env=ENV)
+    assert r.returncode == 0, r.stderr
+    trials = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
+    best = yaml.safe_load((out / "optimization_results.yaml").read_text())
+    assert len(trials) == 3 and best["best_value"] == max(t["val_acc"] for t in trials)
+    assert set(best["best_params"]) == {"trainer.optimizer.lr", "rule.beta", "rule.T1"}     # shared + the rule's
+    lrs = {json.dumps(t["history"][0]) for t in trials}
+    assert len(lrs) == 3                                                   # three different trials ran
+    tune = _tune_module()
+    res = {"arm": "ep_mlp", "trials": 3, "best_value": best["best_value"], "best_params": best["best_params"]}
+    tune.CONFIGS = tmp_path / "configs"                                    # write beside a copy of the arm
+    (tune.CONFIGS / "arm").mkdir(parents=True)
+    (tune.CONFIGS / "arm" / "ep_mlp.yaml").write_text((ROOT / "configs" / "arm" / "ep_mlp.yaml").read_text())
+    path = tune.write_tuned("digits", res)
+    written = yaml.safe_load(path.read_text())
+    assert written["rule"]["beta"] == best["best_params"]["rule.beta"] and written["variant"] == "tuned"
+    assert written["model"]["hidden"] == [256] and written["defaults"] == [{"override /rule": "ep"},
+                                                                          {"override /model": "mlp"}]
