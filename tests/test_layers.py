@@ -29,6 +29,7 @@ BELOW = {
     "run": {"base", "kernels", "neurons", "blocks", "models", "data", "rules", "stats", "train"},
 }
 TOP = {"errors": "base", "atomic": "base", "checkpoint": "train", "distributed": "train", "train": "train",
+       "aggregate": "run",
        "run": "run", "compare": "run"}
 
 
