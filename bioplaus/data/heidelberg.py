@@ -15,7 +15,7 @@ t >= max_time are dropped. x [N, T, 700] spike counts (stored uint8, saturating 
 dt = 14 ms never comes close), sample-major as every spike-train Dataset: models read it with
 model.encoding=given model.T=T (`Dataset.spike_train` is True). The binned counts are cached once per (file,
 T, max_time) as .npy and served memory-mapped (`bioplaus.data.cache`), so SSC's 75k training utterances never
-sit in RAM as floats. `bin_spikes` bins a list of utterances in one vectorised pass (what the cache build runs;
+sit in RAM as floats. `bin_spikes` bins a list of utterances (what the cache build runs;
 experiments/bench_data.py times it).
 
 n_train / n_test keep a fixed random subset (numpy seed 0, taken in file order) of each split. SSC's
@@ -86,19 +86,17 @@ def n_samples(path: str | Path) -> int:
 def bin_spikes(times: list[np.ndarray], units: list[np.ndarray], T: int, max_time: float,
                n_units: int = N_UNITS) -> np.ndarray:
     """Spike counts uint8 [n, T, n_units]: x[i, floor(t / dt), u] += 1 per spike, dt = max_time / T, spikes at
-    t >= max_time (or t < 0) dropped, counts saturating at 255. One vectorised pass over all spikes."""
-    n = len(times)
-    lens = np.fromiter((len(t) for t in times), dtype=np.int64, count=n)
-    if lens.sum() == 0:
-        return np.zeros((n, T, n_units), dtype=np.uint8)
-    t = np.concatenate(times).astype(np.float64)
-    u = np.concatenate(units).astype(np.int64)
-    b = np.floor(t / (max_time / T)).astype(np.int64)
-    keep = (b >= 0) & (b < T)
-    sample = np.repeat(np.arange(n, dtype=np.int64), lens)
-    flat = (sample[keep] * T + b[keep]) * n_units + u[keep]
-    counts = np.bincount(flat, minlength=n * T * n_units)
-    return np.minimum(counts, 255).astype(np.uint8).reshape(n, T, n_units)
+    t >= max_time (or t < 0) dropped, counts saturating at 255. One bincount over T * n_units bins per utterance
+    (3x faster than one bincount over the whole batch's bins, whose int64 counts outgrow the cache)."""
+    out = np.zeros((len(times), T, n_units), dtype=np.uint8)
+    dt = max_time / T
+    for i, (t, u) in enumerate(zip(times, units)):
+        b = np.floor(np.asarray(t, dtype=np.float64) / dt).astype(np.int64)
+        keep = (b >= 0) & (b < T)
+        counts = np.bincount(b[keep] * n_units + np.asarray(u, dtype=np.int64)[keep], minlength=T * n_units)
+        np.minimum(counts, 255, out=counts)
+        out[i] = counts.reshape(T, n_units)
+    return out
 
 
 def find_files(name: str, root: str | Path | None) -> dict[str, Path]:
