@@ -2,6 +2,9 @@
 
 Per step: zero grads -> `rule.assign_credit(x, y)` (fills .grad) -> optional clipping -> learning rate
 from the schedule (cosine decay to 0 over the run by default) -> optimizer step.
+Training batches come from `bioplaus.data.batches` over data.x_train (a tensor or a memory-mapped MappedArray,
+read a batch at a time); a dataset's `augment` (e.g. CIFAR's random crop and flip) is applied to each global
+training batch on the device, drawn from the run's seeded generator, and never to evaluation.
 Per epoch: test accuracy through `rule.predict` (and, with `val_fraction` > 0, accuracy and loss on a held-out
 part of the training set: `val_acc`, `val_loss`, what rules that switch or stop on a plateau should read, never
 test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer), an optional checkpoint, a tqdm progress bar.
@@ -127,7 +130,7 @@ def split_validation(x: Tensor, y: Tensor, fraction: float, seed: int):
                           "choose a fraction that keeps at least one sample on each side")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
     keep, held = perm[:-n_val].sort().values, perm[-n_val:].sort().values
-    return x[keep], y[keep], x[held], y[held]
+    return x.index_select(0, keep), y[keep], x.index_select(0, held), y[held]   # a MappedArray stays lazy
 
 
 def check_finite(logs: dict, params: list[nn.Parameter], epoch: int, step: int) -> None:
@@ -196,7 +199,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             rule.train()
             loss_sum, n = 0.0, 0
             with meter.epoch():
-                for xb, yb in batches(x_train, y_train, int(cfg.batch_size), shuffle=True, generator=gen):
+                for xb, yb in batches(x_train, y_train, int(cfg.batch_size), shuffle=True, generator=gen,
+                                      augment=data.augment, device=device):
                     xb, yb, n_local, n_global = par.share(xb, yb)
                     opt.opt.zero_grad(set_to_none=True)
                     with meter.update(first=steps == 0):

@@ -39,3 +39,63 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_benchmark_fixtures(root):
+    """Tiny copies of the four benchmark families in their publishers' formats (bioplaus.data.formats), each with
+    a class signal: {"cifar10", "cifar100", "shd", "nmnist", "dvs_gesture"} -> data.root. Deterministic (seed 0)."""
+    import numpy as np
+
+    from bioplaus.data import formats as F
+
+    rng = np.random.default_rng(0)
+    roots = {k: root / k for k in ("cifar10", "cifar100", "shd", "nmnist", "dvs_gesture")}
+
+    def images(n, n_classes):
+        y = np.arange(n) % n_classes
+        x = rng.integers(0, 64, (n, 3, 32, 32), dtype=np.uint8)
+        for i, c in enumerate(y):                       # a bright 8x8 patch whose place and colour give the class
+            r, q = divmod(int(c) % 16, 4)
+            x[i, c % 3, r * 8:r * 8 + 8, q * 8:q * 8 + 8] = 255
+        return x, y
+
+    (xtr, ytr), (xte, yte) = images(60, 10), images(20, 10)
+    F.write_cifar(roots["cifar10"] / "cifar-10-batches-py", "cifar10", xtr, ytr, xte, yte)
+    F.write_cifar(roots["cifar100"], "cifar100", xtr, (ytr * 10 + 3, ytr * 2), xte, (yte * 10 + 3, yte * 2))
+
+    def utterances(n):
+        y = np.arange(n) % 4
+        times = [np.sort(rng.uniform(0, 1.3, 400)) for _ in y]
+        units = [rng.integers(c * 150, c * 150 + 150, 400) for c in y]   # class c speaks in its channel band
+        return times, units, y
+
+    for split, n in (("train", 40), ("test", 20)):
+        F.write_heidelberg(roots["shd"] / f"shd_{split}.h5", *utterances(n))
+
+    for split, n in (("train", 30), ("test", 10)):
+        for i in range(n):
+            d, k = i % 10, 300
+            x = np.clip(rng.integers(0, 6, k) + 3 * (d % 5) + 4, 0, 33)   # digit d lights its own columns/rows
+            y = np.clip(rng.integers(0, 6, k) + 12 * (d // 5) + 4, 0, 33)
+            F.write_nmnist(roots["nmnist"], split, d, f"{i:05d}", x, y, np.sort(rng.integers(0, 300_000, k)),
+                           rng.integers(0, 2, k))
+
+    for split, users in (("train", (1, 2)), ("test", (3,))):
+        for u in users:
+            xs, ys, ts, rows = [], [], [], []
+            for c in range(1, 12):                      # gesture c: 400 events in its own 32x32 cell, 0.2 s long
+                start = c * 300_000
+                r, q = divmod(c, 4)
+                xs.append(rng.integers(q * 32, q * 32 + 32, 400))
+                ys.append(rng.integers(r * 32, r * 32 + 32, 400))
+                ts.append(np.sort(rng.integers(start, start + 200_000, 400)))
+                rows.append((c, start, start + 200_000))
+            F.write_gesture(roots["dvs_gesture"] / "DvsGesture", f"user{u:02d}_fluorescent", np.concatenate(xs),
+                            np.concatenate(ys), np.concatenate(ts), rng.integers(0, 2, 400 * 11), rows, split)
+    return roots
+
+
+@pytest.fixture(scope="session")
+def benchmark_roots(tmp_path_factory):
+    """write_benchmark_fixtures in a session temp dir (each test that decodes them gets its own cache_dir)."""
+    return write_benchmark_fixtures(tmp_path_factory.mktemp("benchmarks"))

@@ -1,8 +1,10 @@
 """The `Dataset` type every loader returns, the seeded batch iterator, and what a task measures.
 
-A dataset is held in memory (x_train, y_train, x_test, y_test tensors) and hands the model what it needs
-to be built (`model_kwargs()`: the input shape of one sample and the number of classes; graph data add the
-graph), so the runner has no per-family branch and models import no data module.
+A dataset holds x_train, y_train, x_test, y_test: tensors in memory, or for large sets inputs that are
+`bioplaus.data.cache.MappedArray`s (memory-mapped rows that index like a tensor: x[idx] reads and converts only
+those rows; labels stay tensors). It hands the model what it needs to be built (`model_kwargs()`: the input
+shape of one sample and the number of classes; graph data add the graph), so the runner has no per-family branch
+and models import no data module.
 
 Tasks (`Dataset.task`): "classify" (y [N], one label per sample) or "lm" (y [N, L], one target per
 token; IGNORE_INDEX = -100 where nothing is asked, e.g. non-query positions of MQAR). `task_metrics(test_loss)`
@@ -12,7 +14,7 @@ adds what a task reports beside accuracy: for "lm" the loss in bits per characte
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +28,12 @@ IGNORE_INDEX = -100          # target of a position that is not scored (cross-en
 
 @dataclass
 class Dataset:
-    """A dataset held in memory. classify: x [N, *in_shape] float32, y [N] int64 labels.
+    """A dataset. classify: x [N, *in_shape] float32, y [N] int64 labels.
     lm: x [N, L] int64 token ids, y [N, L] int64 per-token targets (IGNORE_INDEX = not scored);
-    n_classes is then the vocabulary size. `vocab`: the characters in id order (character text)."""
+    n_classes is then the vocabulary size. `vocab`: the characters in id order (character text).
+    x may be a MappedArray (memory-mapped; see the module docstring). `augment`: a callable (x_batch,
+    generator) -> x_batch the trainer applies to every training batch, never to evaluation
+    (`bioplaus.data.augment.Augment`: random crop and flip), or None."""
 
     name: str
     x_train: Tensor
@@ -39,6 +44,7 @@ class Dataset:
     task: str = "classify"
     vocab: str | None = None
     spike_train: bool = False        # x [N, T, ...] is already a spike train (read with encoding=given)
+    augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None   # training batches only
 
     graph_data = False               # samples are node ids into one graph (bioplaus.data.graphs.GraphDataset)
 
@@ -79,6 +85,15 @@ def subset(n: int | None, total: int, what: str) -> int:
     return int(n)
 
 
+def subset_rows(n: int | None, total: int, what: str, seed: int = 0):
+    """The rows a `data.n_*` setting keeps: all of range(total) (n None or total), else a fixed random subset
+    (numpy seed `seed`) in ascending order, for files whose order may follow class or speaker."""
+    import numpy as np
+
+    k = subset(n, total, what)
+    return np.arange(total) if k == total else np.sort(np.random.default_rng(seed).permutation(total)[:k])
+
+
 def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
     """Test cross-entropy (nats per target) of the add-one-smoothed unigram distribution of the training
     targets: the baseline an input-blind model reaches. IGNORE_INDEX targets are skipped."""
@@ -87,13 +102,19 @@ def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
     return float(-logp[y_test[y_test != IGNORE_INDEX].flatten()].mean())
 
 
-def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x [b, ...], y [b, ...]) mini-batches; the last one may be smaller."""
+def batches(x, y: Tensor, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+            augment: Callable | None = None, device: torch.device | str | None = None
+            ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (x [b, ...], y [b, ...]) mini-batches; the last one may be smaller. x: a tensor or a MappedArray
+    (x[idx] reads only those rows). augment: applied to each x batch as augment(x_b, generator), after moving it
+    to `device` (the trainer passes the dataset's augment for training batches, on the global batch)."""
     order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        yield x[idx], y[idx]
+        xb = x[idx]
+        if augment is not None:
+            xb = augment(xb if device is None else xb.to(device), generator)
+        yield xb, y[idx]
 
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Dataset", "batches", "subset", "unigram_loss"]
+__all__ = ["IGNORE_INDEX", "TASKS", "Dataset", "batches", "subset", "subset_rows", "unigram_loss"]
