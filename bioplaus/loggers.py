@@ -24,7 +24,8 @@ MLflow's file store is in maintenance mode since MLflow 3.7 and refuses to open 
 for file: URIs the MLflow logger sets that variable in its own process. Any other tracking URI (sqlite:///...,
 http://...) is used as given. The store sits beside runs/ and multirun/ (in the working directory), not inside a
 run or sweep dir: its copies of metrics.json would otherwise be read back as runs by bioplaus-compare. Only the
-main process of a data-parallel run logs.
+main process of a data-parallel run logs. A job that fails after its logger started leaves what was logged so far
+(its MLflow run stays RUNNING).
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ Each job writes into its Hydra output dir (runs/... or multirun/.../<n>_<rule>_<
 `stats.h5`, `stats.json`, `stats.csv` (bioplaus.stats, energy model from the `stats` preset) and then
 `metrics.json` (bioplaus.train.train's metrics plus rule, model, data, seed, device, versions, the
 stats summary and the training energy per step, and whatever the rule's optional `extra_metrics()` returns),
-all atomically, so a metrics.json means a finished run.
+all atomically, so a metrics.json means a finished run. `logger=tensorboard|mlflow` also logs each epoch and the
+report there (bioplaus.loggers).
 
 For language-modelling data (`data.task == "lm"`) the job also prints one line: test loss in nats per
 token and bits, beside the unigram baseline.

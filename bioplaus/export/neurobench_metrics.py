@@ -92,7 +92,7 @@ def neurobench_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: int =
                       [[Footprint, ConnectionSparsity], [ActivationSparsity, SynapticOperations,
                                                          ClassificationAccuracy]])
     try:
-        res = bench.run(quiet=True)
+        res = bench.run(quiet=True, device=str(next(model.parameters()).device))
     finally:
         wrapped.cleanup_hooks()
     ops = res["SynapticOperations"]
@@ -115,7 +115,7 @@ def _dense_macs(model: nn.Module, x: Tensor) -> float:
     was = model.training
     model.eval()
     try:
-        model(x[:1])
+        model(x[:1].to(next(model.parameters()).device))
     finally:
         model.train(was)
         for h in hooks:
@@ -138,7 +138,8 @@ def bioplaus_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 5
     sop = float(sum(np.sum(r["sop"]) for r in layers.values()))
     was = model.training
     model.eval()
-    pred = torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device
+    pred = torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
     model.train(was)
     return {
         "footprint_bytes": params * elem,
