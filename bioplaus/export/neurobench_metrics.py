@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from bioplaus.atomic import atomic_write
 from bioplaus.errors import ConfigError, require
+from bioplaus.models.base import Layered
 from bioplaus.neurons import BaseNeuron
 from bioplaus.stats.collect import collect
 from bioplaus.stats.energy import preset
@@ -129,7 +130,7 @@ def bioplaus_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 5
     the same model and batch."""
     layers = collect(model, x, preset("fp32_45nm"), batch_size=batch_size)
     spiking = [r for r in layers.values() if "spike_counts" in r]
-    T = int(getattr(model, "T", 1))
+    T = int(model.T) if isinstance(model, Layered) and model.spiking else 1
     weights = [m.weight for m in model.modules() if isinstance(m, CONNECTIONS)]
     zeros, synapses = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
     params = sum(float(r["params"]) for r in layers.values())
@@ -188,7 +189,7 @@ def write(run_dir: str | Path, batch_size: int = 500) -> dict:
     run_dir = Path(run_dir)
     job, x, y = _load_job(run_dir)
     model = job.rule.model.to(job.device)
-    if not getattr(model, "spiking", False):
+    if not (isinstance(model, Layered) and model.spiking):
         raise ConfigError(f"model {job.names['model']} is not spiking: NeuroBench's synaptic operations and "
                           "activation sparsity compare against bioplaus's spike statistics")
     nb, bp = neurobench_metrics(model, x, y, batch_size), bioplaus_metrics(model, x, y, batch_size)
