@@ -7,7 +7,8 @@ Each job writes into its Hydra output dir (runs/... or multirun/.../<n>_<rule>_<
 `stats.h5`, `stats.json`, `stats.csv` (bioplaus.stats, energy model from the `stats` preset) and then
 `metrics.json` (bioplaus.train.train's metrics plus rule, model, data, seed, device, versions, the
 stats summary and the training energy per step, and whatever the rule's optional `extra_metrics()` returns),
-all atomically, so a metrics.json means a finished run.
+all atomically, so a metrics.json means a finished run. `logger=tensorboard|mlflow` also logs each epoch and the
+report there (bioplaus.loggers).
 
 For language-modelling data (`data.task == "lm"`) the job also prints one line: test loss in nats per
 token and bits, beside the unigram baseline.
@@ -40,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from bioplaus import __version__, distributed, stats
+from bioplaus import __version__, distributed, loggers, stats
 from bioplaus.atomic import atomic_write
 from bioplaus.data import Dataset
 from bioplaus.errors import ConfigError
@@ -50,7 +51,7 @@ from bioplaus.rules.base import LearningRule
 from bioplaus.stats.energy import EnergyModel
 from bioplaus.train import TrainConfig, train
 
-GROUPS = ("rule", "model", "data", "trainer", "stats", "experiment", "arm")
+GROUPS = ("rule", "model", "data", "trainer", "stats", "logger", "experiment", "arm")
 
 
 def versions() -> dict[str, str]:
@@ -186,18 +187,35 @@ def _run(cfg, out_dir: str | Path) -> dict:
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     job = build(cfg)
+    log = make_logger(cfg, job, out_dir) if main else loggers.RunLogger()
     metrics = train(job.rule, job.data, job.trainer, seed=job.seed, device=job.device, desc=job.desc,
-                    checkpoint=str(out_dir / "checkpoint.pt") if job.trainer.checkpoint else None)
+                    checkpoint=str(out_dir / "checkpoint.pt") if job.trainer.checkpoint else None,
+                    on_epoch=log.epoch)
     metrics.update(job.names, seed=job.seed, device=str(job.device), versions=versions(), **job.rule.extra_metrics())
     rep = _report(cfg, job, metrics)
     metrics.update(rep.metrics())
     if main:
         rep.write(out_dir)
         write_json(out_dir / "metrics.json", metrics)
+        log.finish(metrics, rep, out_dir)
         if job.data.task == "lm":
             print(f"{job.desc}: test_loss {metrics['test_loss']:.4f} nats/token ({metrics['bits_per_char']:.3f} bits) "
                   f"vs unigram {metrics['unigram_loss']:.4f}; test_acc {metrics['test_acc']:.4f}", flush=True)
     return metrics
+
+
+def make_logger(cfg, job: Job, out_dir: Path) -> loggers.RunLogger:
+    """The job's run logger from the `logger` group (bioplaus.loggers; none when the config has no logger node),
+    built before training so that a missing package fails first."""
+    node = cfg.get("logger")
+    if node is None:
+        return loggers.RunLogger()
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:                            # noqa: BLE001 - an unresolvable interpolation: log it as written
+        text = OmegaConf.to_yaml(cfg)
+    return _instantiate(node, "logger", run_dir=str(out_dir), config_yaml=text,
+                        run_name=f"{job.names['rule']}_{job.names['model']}_{job.names['data']}_s{job.seed}")
 
 
 def _report(cfg, job: Job, metrics: dict) -> stats.Report:

@@ -167,10 +167,12 @@ class _Optimizer:
 
 
 def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
-          device: torch.device | str = "cpu", desc: str = "train", checkpoint: str | None = None) -> dict:
+          device: torch.device | str = "cpu", desc: str = "train", checkpoint: str | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train `rule` on `data` for cfg.epochs epochs; returns the metrics dict (see module docstring).
     checkpoint: a file path; after every epoch the full training state is saved there, and if the file
-    already exists training resumes after its epoch (bioplaus.checkpoint)."""
+    already exists training resumes after its epoch (bioplaus.checkpoint).
+    on_epoch: called with each epoch's history row (the run's logger, bioplaus.loggers)."""
     device = torch.device(device)
     rule.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -218,6 +220,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if x_val is not None:
                 row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par)
             history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
             if rule.on_epoch_end(epoch, row):
                 opt.build()

@@ -147,18 +147,19 @@ class SpikingMLP(SpikingLayered):
 
 
 class SpikingConvNet(SpikingLayered):
-    """Encoder -> spiking ConvBlock(channels[0]) -> ... -> time-averaged Linear readout."""
+    """Encoder -> spiking ConvBlock(channels[0]) -> ... -> time-averaged Linear readout.
+    norm="none": no BatchNorm, the convs get biases (ConvBlock)."""
 
     name = "spiking_convnet"
 
     def __init__(self, in_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (16, 32),
-                 T: int = 4, encoding: str = "direct", neuron: dict | None = None):
+                 T: int = 4, encoding: str = "direct", neuron: dict | None = None, norm: str = "batch"):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
         self.in_shape = tuple(int(d) for d in in_shape)
         chans = check_widths("channels", channels)
         c, self.dims = _conv_dims(step_shape(self.in_shape, self.T, encoding), chans)
-        self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn) for i, o in zip([c, *chans], chans))
+        self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn, norm=norm) for i, o in zip([c, *chans], chans))
         self.n_classes = int(n_classes)
         self.head = Readout(self.dims[-1], self.n_classes, spiking=True)
 
