@@ -11,10 +11,13 @@ recomputes h in cache; see kernels/leaky_scan_cpu.py):
 
 Copy: `dst.copy_(src)` with src of half those bytes (so it also reads and writes them in total), into a
 preallocated dst: the machine's streaming bandwidth at this size. `clone()` (a copy that allocates its output,
-as the kernel does) is shown beside it. Rounds interleave kernel and copies; medians of wall time.
+as the kernel does) is shown beside it. Rounds interleave kernel and copies; medians of wall time (or, with
+`--clock cpu`, of the process's CPU time: on a machine shared with other jobs the time-slicing does not count;
+meaningful at one thread only).
 
     python experiments/bench_lif_roofline.py                        # T=32, B*N=65536, 1 and 2 threads, ~20 s
     python experiments/bench_lif_roofline.py --T 32 --elems 65536 --threads 1 2 --repeat 50
+    python experiments/bench_lif_roofline.py --threads 1 --clock cpu
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ def main():
     ap.add_argument("--elems", type=int, default=65536, help="B*N, the neurons of the whole batch")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=40)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     if (why := leaky_scan_cpu.available()) is not None:
         raise SystemExit(f"the fused CPU kernel is not available: {why}")
     T, M = args.T, args.elems
@@ -62,7 +67,7 @@ def main():
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__} (CPU capability {isa}), "
           f"kernel flags {' '.join(leaky_scan_cpu.CFLAGS)}; "
           f"T={T}, B*N={M}, {kernel_bytes['forward + backward'] / 1e6:.1f} MB moved per forward+backward, "
-          f"median of {args.repeat}")
+          f"median of {args.repeat}, {args.clock} clock")
     print("| threads | pass | ms | GB/s | copy_ GB/s | clone GB/s | fraction of copy_ |")
     print("|---|---|---|---|---|---|---|")
     for n in args.threads:
@@ -70,21 +75,21 @@ def main():
         times = {k: [] for k in ("forward", "backward", "forward + backward", "copy_", "clone")}
         for r in range(args.repeat + 3):
             rec = {}
-            t0 = time.perf_counter()
+            t0 = clock()
             fwd()
-            rec["forward"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            rec["forward"] = clock() - t0
+            t0 = clock()
             bwd()
-            rec["backward"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            rec["backward"] = clock() - t0
+            t0 = clock()
             fwd_bwd()
-            rec["forward + backward"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            rec["forward + backward"] = clock() - t0
+            t0 = clock()
             dst.copy_(src)
-            rec["copy_"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            rec["copy_"] = clock() - t0
+            t0 = clock()
             src.clone()
-            rec["clone"] = time.perf_counter() - t0
+            rec["clone"] = clock() - t0
             if r >= 3:                                           # 3 warm-up rounds
                 for k, v in rec.items():
                     times[k].append(v)
