@@ -2,7 +2,10 @@
 
 Per (rule, T), in a fresh subprocess (so peak RSS is that job's alone):
 - held_bytes: bytes autograd saves for backward (bioplaus.stats.memory.SavedTensors, parameters excluded)
-  plus the rule's own state (TESS: traces, membranes and the running spike sum, `rule.state_bytes`).
+  plus the state the rule carries between time chunks (TESS: traces, membranes and the running spike sum,
+  `rule.state_bytes`).
+- live_peak: the most bytes of tensors created during the update and alive at once
+  (bioplaus.stats.memory.LiveTensors): everything above plus the working tensors (TESS: one time chunk's).
 - peak_rss_mb: growth of the process's peak resident memory over the update (ru_maxrss after minus the
   resident size just before; the input batch and parameters exist before and are not counted).
 Prints a table and the T=100 / T=10 growth per rule. No test asserts these; results/rules.md records them.
@@ -26,7 +29,7 @@ def one(rule_name: str, T: int, batch: int, hidden: list[int]) -> dict:
     from bioplaus.models import SpikingMLP
     from bioplaus.rules.backprop import Backprop
     from bioplaus.rules.tess import TESS
-    from bioplaus.stats.memory import SavedTensors
+    from bioplaus.stats.memory import LiveTensors, SavedTensors
 
     torch.manual_seed(0)
     model = SpikingMLP((1, 28, 28), 10, hidden=hidden, T=T, encoding="rate")
@@ -34,11 +37,12 @@ def one(rule_name: str, T: int, batch: int, hidden: list[int]) -> dict:
     x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     with open("/proc/self/statm") as f:
         base_mb = int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    with SavedTensors(exclude=rule.parameters()) as saved:
+    with LiveTensors() as live, SavedTensors(exclude=rule.parameters()) as saved:
         rule.assign_credit(x, y)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb
     return {"rule": rule_name, "T": T, "saved_bytes": saved.bytes, "state_bytes": getattr(rule, "state_bytes", 0),
-            "held_bytes": saved.bytes + getattr(rule, "state_bytes", 0), "peak_rss_mb": round(max(peak_mb, 0), 1)}
+            "held_bytes": saved.bytes + getattr(rule, "state_bytes", 0), "live_peak": live.peak,
+            "peak_rss_mb": round(max(peak_mb, 0), 1)}
 
 
 def main() -> None:
@@ -60,15 +64,16 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--one", rule, str(T), "--batch", str(a.batch),
                                   "--hidden", *map(str, a.hidden)], capture_output=True, text=True, check=True)
             rows[rule, T] = json.loads(out.stdout.strip().splitlines()[-1])
-    print("| rule | T | saved for backward | rule state | held (sum) | peak RSS growth |")
-    print("|---|---|---|---|---|---|")
+    print("| rule | T | saved for backward | rule state | held (sum) | peak of live tensors | peak RSS growth |")
+    print("|---|---|---|---|---|---|---|")
     for (rule, T), r in rows.items():
         print(f"| {rule} | {T} | {r['saved_bytes'] / 1e6:.3f} MB | {r['state_bytes'] / 1e6:.3f} MB | "
-              f"{r['held_bytes'] / 1e6:.3f} MB | {r['peak_rss_mb']:.1f} MB |")
+              f"{r['held_bytes'] / 1e6:.3f} MB | {r['live_peak'] / 1e6:.3f} MB | {r['peak_rss_mb']:.1f} MB |")
     for rule in ("tess", "bptt"):
         lo, hi = rows[rule, 10], rows[rule, 100]
         rss = hi["peak_rss_mb"] / lo["peak_rss_mb"] if lo["peak_rss_mb"] > 0 else float("nan")
-        print(f"{rule}: held x{hi['held_bytes'] / lo['held_bytes']:.2f}, peak RSS x{rss:.2f} from T=10 to T=100")
+        print(f"{rule}: held x{hi['held_bytes'] / lo['held_bytes']:.2f}, "
+              f"live tensors x{hi['live_peak'] / lo['live_peak']:.2f}, peak RSS x{rss:.2f} from T=10 to T=100")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ class LeakyScanTorch(torch.autograd.Function):
 
 
 def _scan_torch(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts=None):
-    return LeakyScanTorch.apply(x, a, b, v0, threshold, reset, detach_reset, spec, alpha, counts)
+    return LeakyScanTorch.apply(x.contiguous(), a, b, v0, threshold, reset, detach_reset, spec, alpha, counts)
 
 
 BACKENDS: dict[str, Callable] = {"torch": _scan_torch, "cpu": leaky_scan_cpu.scan_cpu,
@@ -204,7 +204,7 @@ def leaky_scan(x: Tensor, a: Decay, b: Decay = 1.0, *, v0: Tensor | None = None,
     spec: SurrogateSpec = lookup(surrogate)
     fits_cpu = leaky_scan_cpu.supports(x, a, b, v0, threshold)
     fn = BACKENDS[resolve_backend(backend, x.device, fits_cpu)]
-    return fn(x.contiguous(), a, b, v0, None if threshold is None else float(threshold), reset,
+    return fn(x, a, b, v0, None if threshold is None else float(threshold), reset,
               bool(detach_reset), spec, spec.alpha if alpha is None else float(alpha), counts)
 
 

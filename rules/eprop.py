@@ -1,10 +1,11 @@
 """e-prop (Bellec et al., Nat. Commun. 2020): online, forward-only credit assignment for a recurrent spiking net.
 
 One pass over t = 0..T-1 under torch.no_grad(): the network state, the eligibility traces and the gradient
-sums are carried from step to step, nothing is kept per step and no graph spans time (memory is independent
-of T). Model: `bioplaus.models.RecurrentSpikingNet` (one `RecurrentLIF` layer, see its docstring for the
-neuron: h_t = a v_{t-1} + c I_t, I_t = W_in x_t + b + W_rec z_{t-1}, z_t = H(h_t - theta), soft reset
-v_t = h_t - theta z_t with the reset path detached). Shapes: batch B, inputs F, hidden H, classes C.
+sums are carried from chunk to chunk (`time_chunk` = C steps at a time), nothing longer than a chunk is kept
+and no graph spans time (memory is independent of T). Model: `bioplaus.models.RecurrentSpikingNet` (one
+`RecurrentLIF` layer, see its docstring for the neuron: h_t = a v_{t-1} + c I_t, I_t = W_in x_t + b + W_rec
+z_{t-1}, z_t = H(h_t - theta), soft reset v_t = h_t - theta z_t with the reset path detached). Shapes: batch
+B, inputs F, hidden H, classes C.
 
 Eligibility traces. With the recurrent spikes z_{t-1} and the reset treated as inputs (not differentiated
 through), dh_t/dh_{t-1} = a, so the eligibility vector of synapse j <- i is the presynaptic activity
@@ -37,11 +38,21 @@ Updates, written as gradients (-Delta W) into .grad:
     dE/dW_out = sum_t err_t^T (r_t / n_t),   dE/db_out = sum_t sum_b err_t     (exact: the readout's own)
 
 This is the gradient of E with the recurrent spike path z_{t-1} -> I_t and the reset detached (autograd with
-those stop-gradients gives the same numbers; tests/test_rule_eprop.py checks it to 1e-5). With kappa = 0 the
-per-synapse traces are never formed: sum_b L_t psi_t xbar_t^T is one [H, B] x [B, F] product per step
-(memory O(B (F + H))); with kappa > 0 ebar is held per sample and synapse, [B, H, F + H + 1] (memory
-O(B H (F + H)), still independent of T). Rate-coded inputs are drawn step by step (`encode_step`), so no
-[T, ...] input train is built either.
+those stop-gradients gives the same numbers; tests/test_rule_eprop.py checks it to 1e-5).
+
+Time chunks (`bioplaus.rules.traces`). Within one update the weights do not change, so the sums over t are
+products over the C * B rows of a chunk, and no per-synapse trace is formed:
+
+    Σ_t Σ_b L_t[b, j] ebar_t[b, j, i]  =  Σ_t (Lr_t ⊙ psi_t)ᵀ xbar_t  +  kappa Σ_b Lr_0[b, j] ebar_carry[b, j, i]
+    Σ_t G_tᵀ xbar_t                    =  c Σ_t Gr_tᵀ x_t  +  a Gr_0ᵀ xbar_carry
+
+with Lr the reverse-time kappa filter of L within the chunk, Gr the reverse-time a-filter of G = Lr ⊙ psi, and
+*_carry the traces before the chunk (likewise for zbar with z_{t-1}, and 1bar for the bias). The readout
+(r_t, y_t, err_t, L_t) of the C steps is one product each. With kappa = 0 no per-synapse trace exists at all
+(memory O(C B (F + H))); with kappa > 0 the carry ebar [B, H, F + H + 1] is updated once per chunk (memory
+O(B H (F + H)), independent of T). C = 1 is the step-by-step form; every C gives the same update to float
+rounding (tested). Rate-coded inputs are drawn chunk by chunk (`encode_steps`), so no [T, ...] input train is
+built either.
 """
 from __future__ import annotations
 
@@ -53,9 +64,10 @@ from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
 from bioplaus.models import RecurrentSpikingNet
-from bioplaus.neurons.encoding import encode_step
+from bioplaus.neurons.encoding import encode_steps
 from bioplaus.neurons.surrogate import get as get_surrogate
 from bioplaus.rules.base import LearningRule, check_choice, check_positive
+from bioplaus.rules.traces import check_chunk, decay, decay_last, decay_reverse, outer_sum, shift
 
 FEEDBACKS = ("symmetric", "random")
 
@@ -67,12 +79,13 @@ class EProp(LearningRule):
     supported_models = (RecurrentSpikingNet,)
 
     def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int | None = None,
-                 kappa: float = 0.0, lr_scale: float = 5.0):
+                 kappa: float = 0.0, lr_scale: float = 5.0, time_chunk: int = 8):
         super().__init__(model)
         check_choice("feedback", feedback, FEEDBACKS, "e-prop")
         if not 0.0 <= float(kappa) <= 1.0:
             raise ConfigError(f"rule.kappa (the readout filter) must be in [0, 1], got {kappa}")
         self.feedback, self.kappa, self.lr_scale = feedback, float(kappa), check_positive("lr_scale", lr_scale)
+        self.time_chunk = check_chunk(time_chunk)
         W = model.head.linear.weight.detach()
         if feedback == "random":
             gen = None if feedback_seed is None else torch.Generator().manual_seed(int(feedback_seed))
@@ -88,7 +101,7 @@ class EProp(LearningRule):
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         model = self.model
         layer, head = model.layers[0], model.head.linear
-        T, kind = model.T, model.encoder.kind
+        T, kind, C = model.T, model.encoder.kind, self.time_chunk
         a, c = layer.coefficients()
         theta, kappa = layer.threshold, self.kappa
         spec = get_surrogate(layer.neuron.surrogate)
@@ -99,42 +112,62 @@ class EProp(LearningRule):
         g = {k: torch.zeros_like(p) for k, p in (("w_in", layer.input.weight), ("b_in", layer.input.bias),
                                                    ("w_rec", layer.recurrent), ("w_out", W_out), ("b_out", b_out))}
 
-        def on_step(t: int, x_t: Tensor, z: Tensor, h: Tensor) -> None:
-            if t == 0:                                       # state at t = -1: all zero
-                st["xbar"], st["zbar"] = torch.zeros_like(x_t), torch.zeros_like(z)
-                st["z_prev"], st["r"] = torch.zeros_like(z), torch.zeros_like(z)
-            st["xbar"] = a * st["xbar"] + c * x_t             # presynaptic traces (membrane decay)
-            st["zbar"] = a * st["zbar"] + c * st["z_prev"]
-            st["one"] = a * st["one"] + c
-            psi = spec.grad(h - theta, layer.neuron.alpha)    # [B, H]
-            st["r"], st["n"] = kappa * st["r"] + z, kappa * st["n"] + 1.0
-            r = st["r"] / st["n"]
-            logits = r @ W_out.t() + b_out                    # [B, C]
-            st["loss"] += F.cross_entropy(logits, y).item() / T
+        def on_chunk(t0: int, x_c: Tensor, z: Tensor, h: Tensor) -> None:
+            steps = len(z)
+            if t0 == 0:                                      # state at t = -1: all zero
+                st["xbar"], st["zbar"] = torch.zeros_like(x_c[0]), torch.zeros_like(z[0])
+                st["z_prev"], st["r"] = torch.zeros_like(z[0]), torch.zeros_like(z[0])
+                if kappa:
+                    st["e_in"] = z.new_zeros(nb, z.shape[-1], x_c.shape[-1])
+                    st["e_rec"], st["e_b"] = z.new_zeros(nb, z.shape[-1], z.shape[-1]), torch.zeros_like(z[0])
+            z_prev = shift(z, st["z_prev"])                  # z_{t-1} [c, B, H]
+            psi = spec.grad(h - theta, layer.neuron.alpha)   # [c, B, H]
+            n = [st["n"]]
+            for _ in range(steps):
+                n.append(kappa * n[-1] + 1.0)
+            n = torch.tensor(n[1:], dtype=z.dtype).view(steps, 1, 1)
+            r_raw = decay(z, kappa, st["r"])                 # r_t = kappa r_{t-1} + z_t [c, B, H]
+            r = r_raw / n                                    # the readout's input r_t / n_t
+            logits = r @ W_out.t() + b_out                   # [c, B, C]
+            st["loss"] += F.cross_entropy(logits.flatten(0, 1), y.repeat(steps), reduction="sum").item() / (nb * T)
             err = (torch.softmax(logits, -1) - target) / (nb * T)
-            g["w_out"] += err.t() @ r
-            g["b_out"] += err.sum(0)
-            L = err @ Bfb / st["n"]                           # learning signal [B, H]
-            if kappa == 0.0:                                  # factorised: no per-synapse trace
-                Lpsi = L * psi
-                g["w_in"] += Lpsi.t() @ st["xbar"]
-                g["w_rec"] += Lpsi.t() @ st["zbar"]
-                g["b_in"] += Lpsi.sum(0) * st["one"]
-            else:
-                for key, pre in (("e_in", st["xbar"]), ("e_rec", st["zbar"])):
-                    e = psi.unsqueeze(2) * pre.unsqueeze(1)   # [B, H, F] / [B, H, H]
-                    st[key] = e if t == 0 else st[key].mul_(kappa).add_(e)
-                st["e_b"] = psi * st["one"] if t == 0 else st["e_b"].mul_(kappa).add_(psi * st["one"])
-                g["w_in"] += torch.einsum("bj,bji->ji", L, st["e_in"])
-                g["w_rec"] += torch.einsum("bj,bji->ji", L, st["e_rec"])
-                g["b_in"] += (L * st["e_b"]).sum(0)
-            st["z_prev"] = z
+            g["w_out"] += outer_sum(err, r)
+            g["b_out"] += err.sum((0, 1))
+            sig = decay_reverse(err @ Bfb / n, kappa)        # learning signal L, reverse-filtered with kappa
+            gr = decay_reverse(sig * psi, a)                 # G = Lr psi, reverse-filtered with a
+            g["w_in"] += outer_sum(gr, x_c).mul_(c).addmm_(gr[0].t(), st["xbar"], alpha=a)
+            g["w_rec"] += outer_sum(gr, z_prev).mul_(c).addmm_(gr[0].t(), st["zbar"], alpha=a)
+            g["b_in"] += gr.sum((0, 1)) * c + gr[0].sum(0) * (a * st["one"])
+            if kappa:                                        # the per-synapse traces carried into this chunk
+                g["w_in"] += torch.einsum("bj,bji->ji", sig[0], st["e_in"]).mul_(kappa)
+                g["w_rec"] += torch.einsum("bj,bji->ji", sig[0], st["e_rec"]).mul_(kappa)
+                g["b_in"] += (sig[0] * st["e_b"]).sum(0) * kappa
+                if t0 + steps < T:                           # ... and out of it, for the next chunk
+                    self._carry_synapse_traces(st, psi, x_c, z_prev, a, c, kappa)
+            st["xbar"] = st["xbar"] * a ** steps + decay_last(x_c, a) * c
+            st["zbar"] = st["zbar"] * a ** steps + decay_last(z_prev, a) * c
+            st["one"] = st["one"] * a ** steps + c * sum(a ** k for k in range(steps))
+            st["r"], st["n"], st["z_prev"] = r_raw[-1], float(n[-1]), z[-1]
 
-        inputs = (encode_step(x, t, T, kind) for t in range(T))
-        layer(inputs, on_step=on_step)
+        chunks = (encode_steps(x, t0, min(C, T - t0), T, kind) for t0 in range(0, T, C))
+        layer(chunks, on_chunk=on_chunk)
         g["w_rec"] *= layer.mask
         for key, p in (("w_in", layer.input.weight), ("b_in", layer.input.bias), ("w_rec", layer.recurrent),
                        ("w_out", W_out), ("b_out", b_out)):
             if p.requires_grad:
                 p.grad = g[key] if p.grad is None else p.grad + g[key]
         return {"loss": float(st["loss"])}
+
+    @staticmethod
+    def _carry_synapse_traces(st: dict, psi: Tensor, x_c: Tensor, z_prev: Tensor, a: float, c: float,
+                              kappa: float) -> None:
+        """ebar at the chunk's end: kappa^steps ebar + Σ_s kappa^(steps-1-s) psi_s ⊗ xbar_s (and zbar, 1bar)."""
+        steps = len(psi)
+        w = (kappa ** torch.arange(steps - 1, -1, -1, dtype=torch.float64)).to(psi.dtype)
+        xbar = decay(x_c * c, a, st["xbar"])                 # [c, B, F]
+        zbar = decay(z_prev * c, a, st["zbar"])
+        one = decay(torch.full((steps,), c, dtype=psi.dtype), a, torch.tensor(float(st["one"]), dtype=psi.dtype))
+        wpsi = psi * w.view(steps, 1, 1)
+        st["e_in"] = st["e_in"].mul_(kappa ** steps).add_(torch.einsum("sbj,sbi->bji", wpsi, xbar))
+        st["e_rec"] = st["e_rec"].mul_(kappa ** steps).add_(torch.einsum("sbj,sbi->bji", wpsi, zbar))
+        st["e_b"] = st["e_b"].mul_(kappa ** steps).add_((wpsi * one.view(steps, 1, 1)).sum(0))

@@ -15,10 +15,10 @@ scaled by 1/d; local loss CE(s[t] B_l / τ, y) at every step; m[t] = ∂L/∂s[t
 Labels reach every layer at every step (the card's label-gating pitfall: the reference script passes
 them to the local classifiers at almost no step, which silently turns it into spatial backprop).
 
-Per-step weight gradient, accumulated over t and applied once per sequence (mean over batch and T):
+Weight gradient, summed over t and applied once per sequence (mean over batch and T):
 
-    ∇W += α_pre (m[t] ⊙ ψ[t] b)ᵀ pre[t]  +  α_post (m[t] ⊙ post[t-1] b)ᵀ x[t]
-    ∇c += α_pre (m[t] ⊙ ψ[t] b)ᵀ pre_1[t]        pre_1: the trace of a constant 1 input
+    ∇W = Σ_t α_pre (m[t] ⊙ ψ[t] b)ᵀ pre[t]  +  α_post (m[t] ⊙ post[t-1] b)ᵀ x[t]
+    ∇c = Σ_t α_pre (m[t] ⊙ ψ[t] b)ᵀ pre_1[t]        pre_1: the trace of a constant 1 input
 
 The first term is causal (STDP-like pre-before-post); the second is the paper's non-causal term. With
 λ_pre = a, α_post = 0 and a reset whose gradient is detached (soft reset, detach_reset), the causal term
@@ -26,7 +26,17 @@ is exactly the BPTT gradient of the layer's local losses (tested). Each layer's 
 construction: no error crosses layers. The readout (model.head, a linear map of the time-averaged last
 layer's spikes) learns from the label by its own gradient, on the running spike sum.
 
-Memory: traces and membranes, O(B · Σ d_l), the same at any T (`state_bytes` reports them).
+Time chunks. Within one update the weights do not change, so the rule runs `time_chunk` = C steps at a time
+(`bioplaus.rules.traces`): per layer and chunk, the input currents of all C steps in one product (once for
+a direct-encoded input), the neuron's own pure step C times (charge -> fire -> reset), the local classifier
+and m for the C steps in one product each, the postsynaptic trace as a leaky_scan, and the weight gradient
+of the C steps as one product over C * B rows -- the causal term without forming pre[t] at all: Σ_t
+G_tᵀ pre[t] = Σ_t Ĝ_tᵀ x[t] + λ_pre Ĝ_0ᵀ pre_carry, Ĝ the reverse-time filter of G = α_pre m ⊙ ψ b. Only
+the state between chunks is carried (membranes, pre and post traces, the gradient sums). C = 1 is the
+step-by-step form; any C gives the same update to float rounding (tested).
+
+Memory: the carried state, O(B · Σ d_l) (`state_bytes`), plus one chunk's tensors, O(C · B · Σ d_l): the same
+at any T ≥ C. Default C = 8.
 Models: SpikingMLP with if/lif/plif neurons (not gated_lif or the adapters: their charge is not the
 (a, b) form above).
 """
@@ -38,9 +48,11 @@ from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
 from bioplaus.models import SpikingMLP
-from bioplaus.neurons.encoding import encode_step
+from bioplaus.models.base import linear_per_step
+from bioplaus.neurons.encoding import encode_steps
 from bioplaus.neurons.surrogate import get as get_surrogate
 from bioplaus.rules.base import LearningRule, check_positive
+from bioplaus.rules.traces import check_chunk, decay, decay_last, decay_reverse, outer_sum, shift
 
 
 def square_wave_projection(d: int, n_classes: int, f_lo: float = 50.0, f_hi: float = 512.0) -> Tensor:
@@ -50,17 +62,23 @@ def square_wave_projection(d: int, n_classes: int, f_lo: float = 50.0, f_hi: flo
     return (torch.sign(torch.sin(f * k)) / d).float()
 
 
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+
 class TESS(LearningRule):
     """TESS on a SpikingMLP. Hyperparameters as in the paper's `--factors-stdp` [λ_post, λ_pre, α_post, α_pre]
-    (CIFAR: [0.2, 0.5, 1, 1]); `surrogate` None uses each neuron's own surrogate g (name, `alpha`)."""
+    (CIFAR: [0.2, 0.5, 1, 1]); `surrogate` None uses each neuron's own surrogate g (name, `alpha`);
+    `time_chunk` steps are processed at once (see the module docstring)."""
 
     supported_models = (SpikingMLP,)
 
     def __init__(self, model: nn.Module, lam_pre: float = 0.5, lam_post: float = 0.2, alpha_pre: float = 1.0,
                  alpha_post: float = 1.0, temperature: float = 0.01, surrogate: str | None = None,
-                 surrogate_alpha: float | None = None, lr_scale: float = 10.0):
+                 surrogate_alpha: float | None = None, lr_scale: float = 10.0, time_chunk: int = 8):
         super().__init__(model)
         self.lr_scale = check_positive("lr_scale", lr_scale)
+        self.time_chunk = check_chunk(time_chunk)
         for name, v in (("lam_pre", lam_pre), ("lam_post", lam_post)):
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"rule.{name} is a trace decay and must be in [0, 1), got {v}")
@@ -82,74 +100,75 @@ class TESS(LearningRule):
         C = int(model.n_classes)
         for i, d in enumerate(model.dims):
             self.register_buffer(f"projection_{i}", square_wave_projection(int(d), C))
-        self.state_bytes = 0          # bytes of traces and membranes held during the last update
+        self.state_bytes = 0          # bytes of the state carried between chunks in the last update
 
     def projection(self, i: int) -> Tensor:
         return self.get_buffer(f"projection_{i}")
 
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
         model, T, kind = self.model, self.model.T, self.model.encoder.kind
-        Bsz = x.shape[0]
         onehot = F.one_hot(y, int(model.n_classes)).to(x.dtype)
         layers = list(model.layers)
-        state = [None] * len(layers)              # per layer: dict of u, pre, pre1, post, gW, gb
-        spike_sum = None
-        local = [0.0] * len(layers)
+        state: list[dict] = [{} for _ in layers]    # per layer: carried u, pre, pre1, post and the sums gW, gb
+        spike_sum, local = None, [0.0] * len(layers)
         with torch.no_grad():
-            for t in range(T):
-                h = encode_step(x, t, T, kind).flatten(1)
+            for t0 in range(0, T, self.time_chunk):
+                h = encode_steps(x, t0, min(self.time_chunk, T - t0), T, kind).flatten(2)    # [c, B, d_in]
                 for i, layer in enumerate(layers):
-                    h, ce = self._step(i, layer, h, onehot, state)
+                    h, ce = self._chunk(i, layer, h, onehot, state[i])
                     local[i] += ce
-                spike_sum = h.clone() if spike_sum is None else spike_sum.add_(h)
-            scale = 1.0 / (Bsz * T)
+                spike_sum = h.sum(0) if spike_sum is None else spike_sum.add_(h.sum(0))
+            scale = 1.0 / (x.shape[0] * T)
             for layer, st in zip(layers, state):
                 layer.linear.weight.grad = st["gW"].mul_(scale)
                 if layer.linear.bias is not None:
                     layer.linear.bias.grad = st["gb"].mul_(scale)
                 for p in layer.neuron.parameters():           # PLIF's tau: not learned by TESS
                     p.grad = torch.zeros_like(p)
-        self.state_bytes = sum(v.numel() * v.element_size() for st in state
-                               for k, v in st.items() if k not in ("gW", "gb")) + spike_sum.numel() * 4
+        self.state_bytes = _bytes([*(v for st in state for k, v in st.items() if k not in ("gW", "gb")), spike_sum])
         logits = model.head.linear(spike_sum / T)            # the readout: its own gradient, nothing below
         loss = F.cross_entropy(logits, y)
         loss.backward()
         return {"loss": loss.item(), "local_loss": sum(local) / (len(local) * T)}
 
-    def _step(self, i: int, layer: nn.Module, h: Tensor, onehot: Tensor, state: list):
-        """One step of layer i: returns its spikes [B, d] and the step's local CE (summed into the log)."""
+    def _chunk(self, i: int, layer: nn.Module, h: Tensor, onehot: Tensor, st: dict):
+        """c steps of layer i from its input spikes h [c, B, d_in]: returns its spikes [c, B, d], the local CE
+        summed over the c steps. Updates the carried state st."""
         lin, nrn = layer.linear, layer.neuron
         a, b = (float(c) for c in nrn.coefficients())
-        current = lin(h)
-        st = state[i]
-        if st is None:
-            z0 = torch.zeros_like(current)
-            st = state[i] = {"u": z0, "pre": torch.zeros_like(h), "post": z0.clone(),
-                             "pre1": torch.zeros(()), "gW": torch.zeros_like(lin.weight),
-                             "gb": torch.zeros_like(current[0])}
-        s, u_next, uh = nrn.step(st["u"], current, a, b)      # charge -> fire -> reset (the neurons' own step)
+        current = linear_per_step(lin, h)                      # [c, B, d], once for a time-invariant input
+        if not st:
+            z0 = torch.zeros_like(current[0])
+            st.update(u=z0, pre=torch.zeros_like(h[0]), pre1=0.0, post=z0.clone(), gW=torch.zeros_like(lin.weight),
+                      gb=torch.zeros_like(z0[0]))
+        u, spikes, charges = st["u"], [], []
+        for current_t in current:                              # charge -> fire -> reset (the neuron's own step)
+            s, u, uh = nrn.step(u, current_t, a, b)
+            spikes.append(s)
+            charges.append(uh)
+        st["u"], s, uh = u, torch.stack(spikes), torch.stack(charges)
         spec, alpha = self._psi_fns[i]
-        psi = spec.grad(uh - nrn.shifted_threshold, alpha)
-        st["pre"].mul_(self.lam_pre).add_(h)
-        st["pre1"] = st["pre1"] * self.lam_pre + 1.0
+        psi = spec.grad(uh - nrn.shifted_threshold, alpha)     # [c, B, d]
         P = self.projection(i)
-        logits = s @ P / self.temperature
-        err = torch.softmax(logits, -1) - onehot                 # [B, C]
-        m = err @ P.t() / self.temperature                       # dL/ds [B, d]
-        if self.alpha_pre:
-            g = m * psi * (b * self.alpha_pre)
-            st["gW"].addmm_(g.t(), st["pre"])
-            st["gb"].add_(g.sum(0) * st["pre1"])
-        if self.alpha_post:
-            st["gW"].addmm_((m * st["post"] * (b * self.alpha_post)).t(), h)
-        st["post"].mul_(self.lam_post).add_(psi)
-        st["u"] = u_next
-        ce = -(torch.log_softmax(logits, -1) * onehot).sum(-1).mean()
+        logp = torch.log_softmax(s @ P / self.temperature, -1)                   # local classifier [c, B, C]
+        m = (logp.exp() - onehot) @ P.t() / self.temperature                     # dL/ds [c, B, d]
+        ce = -(logp * onehot).sum(-1).mean(-1).sum()
+        g = m * psi * (b * self.alpha_pre)                      # causal factor G (multiplies pre[t])
+        gr = decay_reverse(g, self.lam_pre)                     # Ĝ: Σ_t G_tᵀ pre[t] = Σ_t Ĝ_tᵀ x[t] + λ Ĝ_0ᵀ pre_carry
+        post = decay(psi, self.lam_post, st["post"])            # post[t] [c, B, d]
+        factor = gr + m * shift(post, st["post"]) * (b * self.alpha_post) if self.alpha_post else gr
+        st["gW"] += outer_sum(factor, h)
+        if self.lam_pre:
+            st["gW"].addmm_(gr[0].t(), st["pre"], alpha=self.lam_pre)
+        st["gb"] += gr.sum((0, 1)) + gr[0].sum(0) * (self.lam_pre * st["pre1"])
+        st["pre"] = decay_last(h, self.lam_pre, st["pre"])
+        st["pre1"] = self.lam_pre ** len(h) * st["pre1"] + sum(self.lam_pre ** k for k in range(len(h)))
+        st["post"] = post[-1]
         return s, float(ce)
 
     def extra_repr(self) -> str:
         return (f"lam_pre={self.lam_pre}, lam_post={self.lam_post}, alpha_pre={self.alpha_pre}, "
-                f"alpha_post={self.alpha_post}, temperature={self.temperature}")
+                f"alpha_post={self.alpha_post}, temperature={self.temperature}, time_chunk={self.time_chunk}")
 
 
 __all__ = ["TESS", "square_wave_projection"]

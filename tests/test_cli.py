@@ -35,7 +35,8 @@ def test_single_run_writes_metrics_and_stats(tmp_path):
                 assert q in f["layers"][name], (name, q)
         counts = f["layers/layers.0/spike_counts"][:]
         assert counts.shape == (3,) and counts.sum() > 0
-        assert f["layers/layers.1/sop"][:].sum() > 0 and f["layers/layers.0/mac"][:].sum() == 3 * 64 * 256
+        assert f["layers/layers.1/sop"][:].sum() > 0
+        assert list(f["layers/layers.0/mac"][:]) == [64 * 256, 0, 0]       # direct input: computed once, at t = 0
         assert f["layers/layers.1/spike_counts"].attrs["units"] == "spikes/sample/step"
         assert f.attrs["rule"] == "backprop" and "trainer" in f.attrs["config"]
         assert json.loads(f.attrs["energy"])["mac_pj"] == 4.6

@@ -83,7 +83,8 @@ def test_gradcheck_float64(reset, detach, surrogate):
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_saves_only_h_for_backward(backend):
-    """The BPTT keeps one [T, ...] tensor (the pre-reset membrane), not a graph of the time loop."""
+    """The BPTT keeps one [T, ...] tensor (the pre-reset membrane h; the C++ kernel keeps its input x instead and
+    recomputes h), not a graph of the time loop."""
     saved = []
     x = torch.randn(16, 4, 32, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
@@ -91,6 +92,51 @@ def test_saves_only_h_for_backward(backend):
     big = [t for t in saved if t.numel() >= x.numel()]
     assert len(big) == 1 and big[0].numel() == x.numel()
     assert sum(t.numel() for t in saved) == x.numel()
+
+
+CPU_CASES = list(itertools.product(["hard", "soft", "none"], [False, True],
+                                   ["atan", "sigmoid", "fast_sigmoid", "triangle"]))
+
+
+@pytest.mark.parametrize("reset,detach,surrogate", CPU_CASES)
+@pytest.mark.parametrize("shape", [(5, 3, 3001), (40, 2001)])      # several blocks of neurons and a ragged last one
+def test_cpu_kernel_every_surrogate_over_many_blocks(reset, detach, surrogate, shape):
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 1.5).requires_grad_()
+    v0 = torch.randn(shape[1:], generator=torch.Generator().manual_seed(1)).requires_grad_()
+    kw = {"threshold": 0.7, "reset": reset, "detach_reset": detach, "surrogate": surrogate}
+    ours = _run(lambda *a_, **k: leaky_scan(*a_, backend="cpu", **k), x, 0.6, 0.8, v0, **kw)
+    ref = _run(leaky_scan_naive, x, 0.6, 0.8, v0, **kw)
+    assert torch.equal(ours[0], ref[0]) and ours[0].sum() > 0                  # the same spikes, bit for bit
+    for o, r in zip(ours[1:], ref[1:]):
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("reset,detach", [("hard", True), ("hard", False), ("soft", False)])
+def test_time_invariant_input_runs_on_its_one_step(backend, reset, detach):
+    """x = c broadcast over T (a direct-encoded current): spikes, final membrane and the gradients of c (summed
+    over T) and v0 equal the scan of the materialised input; the C++ kernel runs on c itself, saving only c."""
+    T, shape = 7, (3, 2100)
+    c = (torch.randn(shape, generator=torch.Generator().manual_seed(2)) * 1.5).requires_grad_()
+    v0 = torch.randn(shape, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    w = torch.randn(T, *shape, generator=torch.Generator().manual_seed(4))
+    kw = {"threshold": 0.7, "reset": reset, "detach_reset": detach}
+
+    saved = []
+
+    def run(fn, x):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            s, v = fn(x, 0.5, 1.0, v0=v0, **kw)
+        return (s, v, *torch.autograd.grad((s * w).sum() + v.sum(), (c, v0)))
+
+    ours = run(lambda *a_, **k: leaky_scan(*a_, backend=backend, **k), c.unsqueeze(0).expand(T, *shape))
+    big = max(t.numel() for t in saved)
+    ref = run(leaky_scan_naive, c.unsqueeze(0).expand(T, *shape).contiguous())
+    assert torch.equal(ours[0], ref[0]) and 0 < ours[0].mean() < 0.9
+    for o, r in zip(ours[1:], ref[1:]):                                 # final membrane, grad c (sum over T), v0
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+    if backend == "cpu":
+        assert big == c.numel()                                         # nothing [T, ...]-sized is kept
 
 
 def test_bad_arguments_name_the_problem():

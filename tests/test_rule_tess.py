@@ -1,6 +1,7 @@
-"""TESS: its causal term is the exact gradient of the local losses (when it should be), updates are local
-(nothing above layer l changes layer l's update), memory does not grow with T, and it learns rate-coded
-digits, a Fashion subset above the control, and the spike-timing task."""
+"""TESS: its causal term is the exact gradient of the local losses (when it should be), the time-chunked form
+gives the step-by-step form's update, updates are local (nothing above layer l changes layer l's update),
+memory does not grow with T, and it learns rate-coded digits, a Fashion subset above the control, and the
+spike-timing task."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,10 +9,11 @@ import torch.nn.functional as F
 from bioplaus.data import digits, fashion, spike_timing
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import MLP, SpikingMLP
+from bioplaus.neurons.encoding import encode_step
 from bioplaus.rules.backprop import Backprop
 from bioplaus.rules.readout_only import ReadoutOnly
 from bioplaus.rules.tess import TESS, square_wave_projection
-from bioplaus.stats.memory import SavedTensors
+from bioplaus.stats.memory import LiveTensors, SavedTensors
 from bioplaus.train import TrainConfig, train
 
 SOFT_DETACHED = {"kind": "lif", "tau": 2.0, "v_reset": None, "detach_reset": True}
@@ -58,6 +60,57 @@ def test_causal_term_is_the_exact_gradient_of_the_local_losses():
     assert (model.layers[0].linear.weight.grad - got[0]).abs().max() > 1e-4
 
 
+def stepwise(rule, x, y):
+    """TESS written step by step, as the paper states it (and as bioplaus ran it before time chunks): at every
+    step and layer the current, the neuron's step, the traces pre/pre_1/post and two outer products."""
+    model, T = rule.model, rule.model.T
+    onehot = F.one_hot(y, int(model.n_classes)).to(x.dtype)
+    state = [None] * len(model.layers)
+    with torch.no_grad():
+        for t in range(T):
+            h = encode_step(x, t, T, model.encoder.kind).flatten(1)
+            for i, layer in enumerate(model.layers):
+                lin, nrn = layer.linear, layer.neuron
+                a, b = (float(c) for c in nrn.coefficients())
+                current = lin(h)
+                if state[i] is None:
+                    state[i] = {"u": None, "pre": torch.zeros_like(h), "pre1": 0.0, "post": torch.zeros_like(current),
+                                "gW": torch.zeros_like(lin.weight), "gb": torch.zeros_like(current[0])}
+                st = state[i]
+                s, st["u"], uh = nrn.step(st["u"], current, a, b)
+                spec, alpha = rule._psi_fns[i]
+                psi = spec.grad(uh - nrn.shifted_threshold, alpha)
+                st["pre"] = rule.lam_pre * st["pre"] + h
+                st["pre1"] = rule.lam_pre * st["pre1"] + 1.0
+                P = rule.projection(i)
+                m = (torch.softmax(s @ P / rule.temperature, -1) - onehot) @ P.t() / rule.temperature
+                g = m * psi * (b * rule.alpha_pre)
+                st["gW"] += g.t() @ st["pre"] + (m * st["post"] * (b * rule.alpha_post)).t() @ h
+                st["gb"] += g.sum(0) * st["pre1"]
+                st["post"] = rule.lam_post * st["post"] + psi
+                h = s
+    n = x.shape[0] * T
+    return [(st["gW"] / n, st["gb"] / n) for st in state]
+
+
+@pytest.mark.parametrize("encoding", ["direct", "rate", "latency"])
+@pytest.mark.parametrize("time_chunk", [1, 3, 8, 10])
+def test_time_chunks_give_the_step_by_step_update(encoding, time_chunk):
+    """Any time_chunk (1 = step by step, 3 and 8 leave a ragged last chunk, 10 = the whole sequence) gives the
+    update of TESS written step by step, to float rounding; nothing in the update depends on the chunking."""
+    model = _net(T=10, hidden=(20, 12), encoding=encoding, in_shape=(1, 6, 6))
+    x, y = torch.rand(9, 1, 6, 6) * (2 if encoding == "direct" else 1), torch.randint(0, 5, (9,))
+    rule = TESS(model, time_chunk=time_chunk)
+    torch.manual_seed(1)                                            # rate: the same Bernoulli draws
+    rule.assign_credit(x, y)
+    torch.manual_seed(1)
+    ref = stepwise(rule, x, y)
+    for layer, (gW, gb) in zip(model.layers, ref):
+        assert gW.abs().max() > 0
+        torch.testing.assert_close(layer.linear.weight.grad, gW, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.linear.bias.grad, gb, rtol=1e-5, atol=1e-6)
+
+
 def test_update_of_a_layer_ignores_every_layer_above():
     model = _net(encoding="rate")
     x, y = torch.rand(9, 1, 4, 4), torch.randint(0, 5, (9,))
@@ -79,18 +132,21 @@ def test_update_of_a_layer_ignores_every_layer_above():
 
 
 def test_memory_does_not_grow_with_T():
+    """Held (saved for backward + the carried state) and the peak of all live tensors (one time chunk's
+    working set included) are the same at T = 32 and T = 128; BPTT's grow with T."""
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 5, (16,))
-    held = {}
+    held, live = {}, {}
     for rule_cls in (TESS, Backprop):
-        for T in (10, 100):
+        for T in (32, 128):
             model = _net(T=T, hidden=(32, 32), encoding="rate", in_shape=(1, 8, 8))
             rule = rule_cls(model)
-            with SavedTensors(exclude=rule.parameters()) as saved:
+            with LiveTensors() as probe, SavedTensors(exclude=rule.parameters()) as saved:
                 rule.assign_credit(x, y)
             held[rule_cls.__name__, T] = saved.bytes + getattr(rule, "state_bytes", 0)
-    assert held["TESS", 100] == held["TESS", 10] > 0
-    assert held["Backprop", 100] > 8 * held["Backprop", 10]
-    assert held["TESS", 100] < held["Backprop", 10]
+            live[rule_cls.__name__, T] = probe.peak
+    assert held["TESS", 128] == held["TESS", 32] > 0 and live["TESS", 128] == live["TESS", 32]
+    assert held["Backprop", 128] > 3 * held["Backprop", 32] and live["Backprop", 128] > 3 * live["Backprop", 32]
+    assert held["TESS", 128] < held["Backprop", 32] and live["TESS", 128] < live["Backprop", 32]
 
 
 def test_learns_rate_coded_digits_above_the_control():
@@ -135,3 +191,5 @@ def test_bad_settings_are_one_clear_error():
         TESS(_net(), lam_pre=1.0)
     with pytest.raises(ConfigError, match="both 0"):
         TESS(_net(), alpha_pre=0, alpha_post=0)
+    with pytest.raises(ConfigError, match="time_chunk must be a whole number of time steps >= 1"):
+        TESS(_net(), time_chunk=0)

@@ -36,7 +36,7 @@ def test_spikes_sops_macs_are_exact_per_step():
     layers = stats.collect(hand_built(), X, COMPUTE_ONLY, batch_size=2)   # batching must not change counts
     l0, l1, head = layers["layers.0"], layers["layers.1"], layers["head"]
     np.testing.assert_array_equal(l0["spike_counts"], [2, 2, 2])          # per sample, per step
-    np.testing.assert_array_equal(l0["mac"], [12, 12, 12])                # analog input: 4 x 3 MACs per step
+    np.testing.assert_array_equal(l0["mac"], [12, 0, 0])                  # direct input: 4 x 3 MACs once, held
     np.testing.assert_array_equal(l0["sop"], [0, 0, 0])
     np.testing.assert_array_equal(l1["sop"], [4, 4, 4])                   # 2 input spikes x fan-out 2
     np.testing.assert_array_equal(l1["mac"], [0, 0, 0])
@@ -50,12 +50,12 @@ def test_spikes_sops_macs_are_exact_per_step():
 def test_energy_is_exact():
     layers = stats.collect(hand_built(), X, COMPUTE_ONLY)
     update = 4.6 + 0.9                                                    # one MAC + one AC per membrane update
-    assert layers["layers.0"]["energy_compute_pj"] == pytest.approx(36 * 4.6 + 9 * update)
+    assert layers["layers.0"]["energy_compute_pj"] == pytest.approx(12 * 4.6 + 9 * update)
     assert layers["layers.1"]["energy_compute_pj"] == pytest.approx(12 * 0.9 + 6 * update)
     assert layers["head"]["energy_compute_pj"] == pytest.approx(4 * 0.9)
     s = stats.summary(layers)
-    assert s["energy_pj_per_sample"] == pytest.approx(36 * 4.6 + 15 * update + 16 * 0.9)
-    assert (s["sop_per_sample"], s["mac_per_sample"], s["spikes_per_sample"]) == (16, 36, 12)
+    assert s["energy_pj_per_sample"] == pytest.approx(12 * 4.6 + 15 * update + 16 * 0.9)
+    assert (s["sop_per_sample"], s["mac_per_sample"], s["spikes_per_sample"]) == (16, 12, 12)
 
 
 def test_memory_model_prices_by_buffer_size_and_width():
@@ -67,7 +67,7 @@ def test_memory_model_prices_by_buffer_size_and_width():
     e = EnergyModel(name="m", bits=32, mac_pj=0, ac_pj=0, neuron_update={"macs": 0, "acs": 0})
     l0 = stats.collect(hand_built(), X, e)["layers.0"]
     small = mem.access_pj(60, 32)                                         # every buffer here is tiny: 5 pJ
-    accesses = 36 + 4 * 3 + 3 * 3 + 2 * 9                                 # weights, inputs, outputs, state r/w
+    accesses = 12 + 4 + 3 * 3 + 2 * 9                                     # weights, input (once), outputs, state
     assert l0["energy_memory_pj"] == pytest.approx(accesses * small)
 
 
@@ -163,8 +163,9 @@ def test_spiking_mlp_counts_agree_with_hand_count_and_spikingjelly(digits):
     ours = stats.collect(model, x, COMPUTE_ONLY)
     theirs = _sj_counts(model, x)
     n = len(x)
-    # hand count: layer 0 sees analog pixels (dense), layer 1 sees layer 0's spikes (input spikes x fan-out)
-    assert ours["layers.0"]["mac"].sum() * n == 4 * n * 64 * 32
+    # hand count: layer 0 sees analog pixels (dense), the same at all T = 4 steps: computed once, counted once;
+    # layer 1 sees layer 0's spikes (input spikes x fan-out)
+    assert ours["layers.0"]["mac"].sum() * n == n * 64 * 32 and ours["layers.0"]["mac"][1:].sum() == 0
     assert ours["layers.1"]["sop"].sum() == pytest.approx(ours["layers.0"]["spike_counts"].sum() * 24)
     for scope in ("layers.0", "layers.1", "head"):
         sop, mac = theirs(scope)

@@ -19,6 +19,9 @@ class name:
     graph_model  True for models built on one graph whose samples are node ids (bioplaus.models.graph)
 
 `Readout` is the common head: pool (flatten; spiking: time average first), then one Linear.
+
+`linear_per_step(linear, h)` is a Linear on time-major h [T, B, ..., d] that computes the current once when h
+repeats one step (direct encoding; see `bioplaus.neurons.encoding.per_step`).
 """
 from __future__ import annotations
 
@@ -26,9 +29,11 @@ import math
 import re
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
+from bioplaus.neurons.encoding import per_step, time_invariant
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
@@ -61,6 +66,21 @@ def flat_size(in_shape: Sequence[int]) -> int:
 def pool(h: Tensor, spiking: bool) -> Tensor:
     """Layer output -> [B, D]: flatten (static) or time-average then flatten (spiking, [T, B, ...])."""
     return (h.mean(0) if spiking else h).flatten(1)
+
+
+def linear_per_step(linear: nn.Linear, h: Tensor) -> Tensor:
+    """linear(h) for h [T, B, ..., d_in] -> [T, B, ..., d_out]. A time-invariant h (a broadcast view repeating
+    one step) is multiplied once, [B, ...] rows instead of [T * B, ...], and broadcast over T. The product and
+    the bias are added in two steps, as nn.Linear itself does for such a (non-contiguous) input, so the values
+    are bit for bit those of `linear(h)` (tests/test_time_invariant.py)."""
+    if not time_invariant(h):
+        return linear(h)
+
+    def once(z: Tensor) -> Tensor:
+        y = F.linear(z, linear.weight)
+        return y if linear.bias is None else y + linear.bias
+
+    return per_step(once, h)
 
 
 class Readout(nn.Module):
@@ -128,4 +148,4 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = ["ACTIVATIONS", "Layered", "Readout", "make_activation", "check_widths", "count_parameters", "flat_size",
-           "model_name", "pool", "snake"]
+           "linear_per_step", "model_name", "pool", "snake"]

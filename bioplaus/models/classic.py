@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
-from bioplaus.models.base import Layered, Readout, check_widths, flat_size, make_activation
+from bioplaus.models.base import Layered, Readout, check_widths, flat_size, linear_per_step, make_activation
 from bioplaus.neurons import make_neuron
-from bioplaus.neurons.encoding import Encoder, step_shape
+from bioplaus.neurons.encoding import Encoder, per_step, step_shape
 
 NORMS = {"batch": nn.BatchNorm2d, "none": lambda c: nn.Identity()}
 class Dense(nn.Module):
@@ -30,7 +30,8 @@ class Dense(nn.Module):
 
 
 class SpikingDense(nn.Module):
-    """Linear -> spiking neuron over time: [T, B, ...] -> spikes [T, B, out].
+    """Linear -> spiking neuron over time: [T, B, ...] -> spikes [T, B, out]. A time-invariant input (direct
+    encoding) gets its current computed once and broadcast over T (`linear_per_step`).
 
     Weights start uniform with variance weight_gain^2 / d_in, so the input current has std
     ~ weight_gain * rms(input): with gain 3 a random net fires 5-20% of steps in every layer (with
@@ -43,7 +44,7 @@ class SpikingDense(nn.Module):
         nn.init.uniform_(self.linear.weight, -weight_gain * math.sqrt(3 / d_in), weight_gain * math.sqrt(3 / d_in))
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.neuron(self.linear(h.flatten(2)))
+        return self.neuron(linear_per_step(self.linear, h.flatten(2)))
 
 
 class ConvBlock(nn.Module):
@@ -51,7 +52,8 @@ class ConvBlock(nn.Module):
     norm="none": no BatchNorm and the conv gets a bias (what an energy-based rule such as EP needs).
 
     Static: [B, C, H, W] -> [B, C', H/2, W/2]. Spiking: [T, B, C, H, W] -> spikes [T, B, C', H/2, W/2]
-    (conv and norm run on the merged [T*B] axis; pooling spikes keeps them binary)."""
+    (conv and norm run on the merged [T*B] axis, the conv once when the input repeats one step (direct
+    encoding, `per_step`); pooling spikes keeps them binary)."""
 
     def __init__(self, c_in: int, c_out: int, activation: str = "relu", neuron: dict | None = None,
                  norm: str = "batch"):
@@ -68,7 +70,7 @@ class ConvBlock(nn.Module):
         if not self.spiking:
             return self.pool(self.act(self.norm(self.conv(h))))
         T, B = h.shape[:2]
-        z = self.norm(self.conv(h.flatten(0, 1)))
+        z = self.norm(per_step(self.conv, h).flatten(0, 1))
         s = self.act(z.unflatten(0, (T, B)))
         return self.pool(s.flatten(0, 1)).unflatten(0, (T, B))
 

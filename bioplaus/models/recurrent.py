@@ -23,9 +23,12 @@ factorise into presynaptic traces (see `bioplaus.rules.eprop`). A hard reset wou
 every spike and lose h_t from the state. The forward is differentiable through time (rule=backprop is BPTT on this net,
 recurrent path included).
 
-`forward(h, on_step=None)`: h [T, B, ...] -> spikes [T, B, H]. Online rules pass an iterable of per-step
-inputs [B, ...] and a callback `on_step(t, x_t [B, F], z_t [B, H], h_t [B, H])`; nothing with a time axis
-is then built and the last spikes z_{T-1} [B, H] are returned.
+`forward(h, on_chunk=None)`: h [T, B, ...] -> spikes [T, B, H]. Online rules pass an iterable of chunks of
+consecutive steps [c, B, ...] and a callback `on_chunk(t0, x [c, B, F], z [c, B, H], h [c, B, H])` called
+after each chunk (t0 its first step; h the pre-reset membranes); nothing longer than a chunk is then built
+and the last spikes z_{T-1} [B, H] are returned. Each chunk's input currents W_in x_t + b are one product over
+its c * B rows (computed once when the input repeats one step, direct encoding); the recurrence runs step by
+step.
 
 Initialisation: W_in uniform with variance weight_gain^2 / F (input current std ~ weight_gain * rms(x_t)),
 W_rec uniform with variance recurrent_gain^2 / H and zero diagonal. With the defaults (tau 4, gain 1.25) a
@@ -41,11 +44,11 @@ import torch
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
-from bioplaus.models.base import Layered, Readout
+from bioplaus.models.base import Layered, Readout, linear_per_step
 from bioplaus.neurons import LIFNode
 from bioplaus.neurons.encoding import Encoder, step_shape
 
-StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]
+ChunkCallback = Callable[[int, Tensor, Tensor, Tensor], None]
 
 
 class RecurrentLIF(nn.Module):
@@ -84,26 +87,28 @@ class RecurrentLIF(nn.Module):
         """W_rec [H, H] with its diagonal held at zero (no self-connection)."""
         return self.recurrent * self.mask
 
-    def forward(self, h: Tensor | Iterable[Tensor], on_step: StepCallback | None = None) -> Tensor:
+    def forward(self, h: Tensor | Iterable[Tensor], on_chunk: ChunkCallback | None = None) -> Tensor:
         W = self.recurrent_weight()
-        if isinstance(h, Tensor):        # all steps' input currents in one product (time-major rows)
-            x = h.flatten(2)
-            steps: Iterable[tuple[Tensor, Tensor]] = zip(x, self.input(x))
-        else:
-            steps = ((x_t, self.input(x_t)) for x_t in (x.flatten(1) for x in h))
         self.neuron.reset()
-        out, z = [], None
-        for t, (x_t, i_t) in enumerate(steps):
-            if z is not None:
-                i_t = torch.addmm(i_t, z, W.t())
-            z = self.neuron(i_t)
-            if on_step is None:
-                out.append(z)
-            else:
-                on_step(t, x_t, z, self.neuron.v + self.threshold * z)
+        out, z, t0 = [], None, 0
+        for chunk in ([h] if isinstance(h, Tensor) else h):
+            x = chunk.flatten(2)
+            zs, hs = [], []
+            for i_t in linear_per_step(self.input, x):   # the chunk's input currents in one product
+                if z is not None:
+                    i_t = torch.addmm(i_t, z, W.t())
+                z = self.neuron(i_t)
+                zs.append(z)
+                if on_chunk is not None:
+                    hs.append(self.neuron.v + self.threshold * z)
+            if on_chunk is None:
+                out += zs
+            elif zs:
+                on_chunk(t0, x, torch.stack(zs), torch.stack(hs))
+            t0 += len(zs)
         if z is None:
             raise ConfigError("a recurrent LIF layer needs at least one time step of input")
-        return torch.stack(out) if on_step is None else z
+        return torch.stack(out) if on_chunk is None else z
 
     def extra_repr(self) -> str:
         return f"in={self.input.in_features}, hidden={self.recurrent.shape[0]}"

@@ -28,6 +28,7 @@ from bioplaus.blocks.spiking_attention import SpikeDrivenBlock, SpikformerBlock,
 from bioplaus.errors import ConfigError
 from bioplaus.models.classic import SpikingLayered
 from bioplaus.neurons import make_neuron
+from bioplaus.neurons.encoding import per_step
 
 
 def _check(in_shape: Sequence[int], dim: int, depth: int, patch: int) -> tuple[int, int, int]:
@@ -42,14 +43,15 @@ def _check(in_shape: Sequence[int], dim: int, depth: int, patch: int) -> tuple[i
 
 
 class ConvBN(nn.Module):
-    """Conv3x3 (no bias) -> BatchNorm on [T, B, C, H, W] (merged over T * B)."""
+    """Conv3x3 (no bias) -> BatchNorm on [T, B, C, H, W] (merged over T * B; the conv once for an input that
+    repeats one step, see `per_step`)."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.conv, self.bn = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        return self.bn(per_step(self.conv, x).flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
 def _maxpool(x: Tensor, p: int) -> Tensor:

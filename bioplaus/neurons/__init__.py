@@ -10,7 +10,8 @@
 - `adapters`: SpikingJelly and snnTorch neurons behind the same interface (`sj_if`, `sj_lif`, `sj_plif`,
   `snntorch_leaky`).
 - `surrogate`: Heaviside forward, surrogate derivative backward (`spike`), over the kernels' table.
-- `encoding`: static input -> spike train [T, B, ...] (direct, rate, latency, given).
+- `encoding`: static input -> spike train [T, B, ...] (direct, rate, latency, given); `per_step` runs a layer
+  once for a time-invariant (direct-encoded) input.
 
 `NEURONS` (native) and `ADAPTERS` together are the registry of `neuron.kind` names.
 """

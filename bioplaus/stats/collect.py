@@ -19,8 +19,9 @@
     energy_pj            their sum
 
 Memory accesses (a simple, stated model): one weight read per op (sop + mac) from a buffer of the
-layer's weights; each input element read once per step; each output element written once per step;
-membrane state read and written once per update. Every word is `energy.bits` wide.
+layer's weights; each input element read once per step (once in all for a time-invariant input, e.g. a
+direct-encoded image, whose first layer is computed once -- see `bioplaus.stats.opcount`); each output element
+written once per step; membrane state read and written once per update. Every word is `energy.bits` wide.
 
 Given the rule (`collect(model, x, energy, rule=rule)`, what `bioplaus-run` does), the account follows
 the rule's own inference (`rule.predict`, per `rule.inference_layers()`): Forward-Forward's goodness
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from bioplaus.neurons import BaseNeuron
+from bioplaus.neurons.encoding import time_invariant
 from bioplaus.stats.energy import EnergyModel
 from bioplaus.stats.opcount import OpCounter, attribute
 
@@ -82,6 +84,7 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
     hooks = []
     neurons: dict[str, list[BaseNeuron]] = {}
     sizes: dict[str, dict[int, int]] = {}   # layer -> {id(neuron): neurons per sample}; a block may hold several
+    in_steps: dict[str, int] = {}            # layer -> steps its input is read (1: time-invariant, e.g. direct)
 
     def neuron_hook(name):
         def hook(mod, inp, s):          # spikes are counted inside the kernel; here only the layer's size
@@ -91,7 +94,9 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
 
     def size_hook(name):
         def hook(mod, inp, out):         # spiking models: every layer's input is [T, B, ...], the head's output not
-            rec[name]["in_size"] = _per_sample(_first_tensor(inp), spiking and name in time_layers | {"head"})
+            x = _first_tensor(inp)
+            rec[name]["in_size"] = _per_sample(x, spiking and name in time_layers | {"head"})
+            in_steps[name] = 1 if x is not None and spiking and time_invariant(x) else T
             rec[name]["out_size"] = _per_sample(_first_tensor(out), name in time_layers)
         return hook
 
@@ -143,7 +148,7 @@ def collect(model: nn.Module, x: torch.Tensor, energy: EnergyModel, batch_size: 
         word = energy.bits / 8
         r["activation_bytes"] = float(r.get("out_size", 0) * steps * word)
         r["weight_reads"] = float(r["sop"].sum() + r["mac"].sum())
-        r["act_reads"] = float(r.get("in_size", 0) * T)
+        r["act_reads"] = float(r.get("in_size", 0) * in_steps.get(name, T))
         r["act_writes"] = float(r.get("out_size", 0) * steps)
         r["state_accesses"] = 2 * updates
         r["energy_compute_pj"] = energy.compute_pj(float(r["mac"].sum()), float(r["sop"].sum()), updates)

@@ -18,6 +18,10 @@ a storage is recognised by its address while it lives, so a new storage at a fre
         rule.assign_credit(x, y)
     saved.bytes, saved.peak
 
+`LiveTensors` is the peak of the bytes of tensors created inside the block and alive at the same time (each
+storage once, parameters and inputs made before it not at all): a rule's working memory, whatever it keeps
+for backward or carries itself (online rules: traces, membranes, one time chunk's tensors).
+
 `PeakMemory` measures the growth of memory over a block: on CPU the resident set size sampled by a thread
 every 2 ms (after handing memory freed by earlier jobs back to the OS, so the growth is this run's), on CUDA
 torch's peak allocated bytes.
@@ -30,6 +34,8 @@ import weakref
 import torch
 from torch import Tensor
 from torch.autograd.graph import saved_tensors_hooks
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 class _Held:
@@ -93,6 +99,36 @@ class SavedTensors:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+class LiveTensors(TorchDispatchMode):
+    """Peak bytes of the tensors created inside the context and alive at once (`peak`; `live` now)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs: dict = {}
+        self.size: dict = {}
+        self.live = self.peak = 0
+
+    def _gone(self, key) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            self.live -= self.size.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(a) for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor) and id(t) not in inputs:      # in-place ops return their input
+                key = t.untyped_storage().data_ptr()
+                if key not in self.refs:
+                    self.refs[key], self.size[key] = 0, t.untyped_storage().nbytes()
+                    self.live += self.size[key]
+                    self.peak = max(self.peak, self.live)
+                self.refs[key] += 1
+                weakref.finalize(t, self._gone, key)
+        return out
 
 
 class PeakMemory:

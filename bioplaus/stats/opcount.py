@@ -21,6 +21,12 @@ Counts go to the current `scope` (a name such as "layers.0", set by `attribute` 
 is given, to time steps: inside a time-major layer the leading dim of every operand is [T * ...]
 flattened, so rows split into T equal chunks in order (t = 0 first). Ops outside a time-major scope,
 or whose leading dim is not a multiple of T, are spread evenly over the steps.
+
+Time-invariant inputs are counted once. A direct-encoded model feeds its first layer the same input at every
+step, and computes that layer's current once and holds it for all T steps
+(`bioplaus.neurons.encoding.per_step`); while it does, `once_over_time()` is True and the counter books those
+ops once, at step 0 -- not T times. So the first layer of a direct-encoded spiking MLP costs d_in * d_out MACs
+per sample, not T * d_in * d_out (the counts of earlier versions, which multiplied the analog input at every step).
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from bioplaus.neurons.encoding import once_over_time
 
 aten = torch.ops.aten
 
@@ -68,6 +76,8 @@ class OpCounter(TorchDispatchMode):
         return torch.full((self.T,), float(per_row.sum()) / self.T, dtype=torch.float64)
 
     def _add(self, kind: str, per_step: Tensor) -> None:
+        if once_over_time():                 # one computation for all T steps: booked once, at step 0
+            per_step = torch.zeros_like(per_step).index_fill_(0, torch.tensor([0]), float(per_step.sum()))
         self.counts[self.scope][kind] += per_step
 
     def _dense(self, total: float) -> None:
