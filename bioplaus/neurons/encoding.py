@@ -101,7 +101,7 @@ def _once():
 
 def per_step(fn: Callable[[Tensor], Tensor], h: Tensor) -> Tensor:
     """fn applied at every step of h [T, B, ...] -> [T, B, ...] (fn maps [N, ...] -> [N, ...] row by row, e.g.
-    a Linear or a conv). A time-invariant h (see `time_invariant`) runs fn once, on h[0] [B, ...], and returns
+    a Linear or a conv). A time-invariant h (see `time_invariant`) runs fn once, on h[0] (shape [B, ...]), and returns
     its output broadcast over T (a view); otherwise fn runs on the merged rows h.flatten(0, 1) [T*B, ...]."""
     T = h.shape[0]
     if time_invariant(h):
