@@ -72,7 +72,8 @@ def test_neurobench_agrees_with_bioplaus_on_a_trained_spiking_mlp(mlp, digits):
     assert bool((l0.weight != 0).all()) and bool((head.weight != 0).all())
     nonzero = float((x0 != 0).sum() * l0.out_features + (xh != 0).sum() * head.out_features) / len(x)
     assert nb["effective_macs"] == pytest.approx(nonzero, rel=1e-12)
-    dense = mlp.T * 64 * 64 + 64 * 10
+    assert x0.shape == x.flatten(1).shape          # direct encoding: the first layer runs once, on one step
+    dense = 64 * 64 + 64 * 10                      # ... and both count its connections once
     assert bp["effective_macs"] == dense and nb["effective_macs"] < dense
     # dense synops: every connection x every call, the same count for Linear layers
     assert nb["dense_synops"] == bp["dense_synops"] == dense

@@ -88,3 +88,20 @@ def test_first_layer_ops_are_counted_once(digits):
     latency = stats.collect(SpikingMLP((1, 8, 8), 10, hidden=[32], T=T, encoding="latency").eval(), x, e)
     assert latency["layers.0"]["sop"].sum() > 0 and latency["layers.0"]["mac"].sum() == 0   # spikes: time-varying
 
+
+
+def test_hooks_on_the_first_layer_still_see_its_one_call():
+    """Tools that watch modules by hooks (NeuroBench) must see the first layer though its product is hoisted;
+    a hook that rewrites the output (or a kwargs pre-hook's input) is honoured as in a module call."""
+    lin = torch.nn.Linear(5, 3)
+    seen = []
+    h1 = lin.register_forward_hook(lambda m, a, out: seen.append((a[0].shape, out.shape)))
+    h2 = lin.register_forward_hook(lambda m, a, kw, out: out * 0, with_kwargs=True)
+    x = torch.rand(4, 5)
+    y = linear_per_step(lin, x.unsqueeze(0).expand(6, 4, 5))
+    assert seen == [((4, 5), (4, 3))] and time_invariant(y) and bool((y == 0).all())
+    h1.remove(), h2.remove()
+    h3 = lin.register_forward_pre_hook(lambda m, a: (a[0] + 1,))
+    y = linear_per_step(lin, x.unsqueeze(0).expand(6, 4, 5))
+    h3.remove()
+    torch.testing.assert_close(y[2], lin(x + 1))

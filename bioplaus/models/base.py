@@ -21,7 +21,8 @@ class name:
 `Readout` is the common head: pool (flatten; spiking: time average first), then one Linear.
 
 `linear_per_step(linear, h)` is a Linear on time-major h [T, B, ..., d] that computes the current once when h
-repeats one step (direct encoding; see `bioplaus.neurons.encoding.per_step`).
+repeats one step (direct encoding; see `bioplaus.neurons.encoding.per_step`); the Linear's hooks still see
+that call (`as_call`), with its one-step input [B, ..., d].
 """
 from __future__ import annotations
 
@@ -80,7 +81,32 @@ def linear_per_step(linear: nn.Linear, h: Tensor) -> Tensor:
         y = F.linear(z, linear.weight)
         return y if linear.bias is None else y + linear.bias
 
-    return per_step(once, h)
+    return per_step(lambda z: as_call(linear, once, z), h)
+
+
+def as_call(module: nn.Module, fn, z: Tensor) -> Tensor:
+    """fn(z) run as the call module(z) would be seen: the module's forward pre-hooks and hooks (and the global
+    ones, with or without kwargs) run around it, so tools that observe modules by hooks (NeuroBench, profilers)
+    see the layer even where the product is taken by hand."""
+    from torch.nn.modules import module as mod
+    args, kwargs = (z,), {}
+    pre = [(h, False) for h in mod._global_forward_pre_hooks.values()] + [
+        (h, module._forward_pre_hooks_with_kwargs.get(k, False)) for k, h in module._forward_pre_hooks.items()]
+    for hook, with_kwargs in pre:
+        r = hook(module, args, kwargs) if with_kwargs else hook(module, args)
+        if r is not None:
+            if with_kwargs:
+                args, kwargs = r
+            else:
+                args = r if isinstance(r, tuple) else (r,)
+    y = fn(*args, **kwargs)
+    post = [(h, False) for h in mod._global_forward_hooks.values()] + [
+        (h, module._forward_hooks_with_kwargs.get(k, False)) for k, h in module._forward_hooks.items()]
+    for hook, with_kwargs in post:
+        r = hook(module, args, kwargs, y) if with_kwargs else hook(module, args, y)
+        if r is not None:
+            y = r
+    return y
 
 
 class Readout(nn.Module):
