@@ -55,6 +55,10 @@ RUNS: dict[str, list[tuple[str, list[str], list[int]]]] = {
                               ("noprop_bp_tuned_lr", ["rule=noprop_bp", *FASHION, *NARROW, *ADAMW, *TUNED_LR], [0]),
                               ("backprop", ["rule=backprop", *FASHION, *NARROW[:2], *ADAMW], [0]),
                               ("readout_only", ["rule=readout_only", *FASHION, *NARROW[:2], *ADAMW], [0])],
+    "noprop-digits-100ep": [(label, [*overrides, "trainer.epochs=100"], [0, 1]) for label, overrides in (
+        ("noprop_paper", ["rule=noprop_paper", *DIGITS_B128, *WIDE, *ADAMW]),
+        ("backprop", ["rule=backprop", *DIGITS_B128, *WIDE, *ADAMW]),
+        ("readout_only", ["rule=readout_only", *DIGITS_B128, *WIDE, *ADAMW]))],        # the paper's 100 epochs
     "noprop-fashion-paper": [("noprop_paper", ["rule=noprop_paper", *FASHION, *WIDE, *ADAMW], [0]),
                              ("backprop", ["rule=backprop", *FASHION, *WIDE, *ADAMW], [0]),
                              ("readout_only", ["rule=readout_only", *FASHION, *WIDE, *ADAMW], [0])],
@@ -96,7 +100,8 @@ def table(out: Path, groups) -> str:
             continue
         control = statistics.fmean(r["test_acc"] for r in rows["readout_only"]) if "readout_only" in rows else None
         lines += [f"\n### {group}\n", "| arm | seeds | test acc | vs readout_only | train acc | held for backward "
-                  "(MB, 1st update) | saved for backward (MB) | train time (s) |", "|---|---|---|---|---|---|---|---|"]
+                  "(MB, 1st update) | saved for backward (MB) | peak RSS growth (MB) | train time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for label, rs in rows.items():
             acc = [r["test_acc"] for r in rs]
             sd = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
@@ -107,6 +112,7 @@ def table(out: Path, groups) -> str:
                          f"{statistics.fmean(r['train_acc'] for r in rs):.4f} | "
                          f"{statistics.fmean(r['held_for_backward_peak_mb'] for r in rs):.2f} | "
                          f"{statistics.fmean(r['saved_for_backward_mb'] for r in rs):.2f} | "
+                         f"{statistics.fmean(r['peak_mem_mb'] for r in rs):.0f} | "
                          f"{statistics.fmean(r['train_time_s'] for r in rs):.0f} |")
     return "\n".join(lines)
 

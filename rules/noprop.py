@@ -348,8 +348,9 @@ class NoPropBackprop(NoProp):
     name = "noprop_bp"
 
     def __init__(self, model: nn.Module, **kw):
-        if kw.pop("variant", "dt") != "dt":
-            raise ConfigError("rule noprop_bp trains NoProp-DT's T blocks end to end: leave rule.variant unset")
+        if kw.pop("variant", "dt") != "dt" or kw.get("block_parallel"):
+            raise ConfigError("rule noprop_bp trains NoProp-DT's T blocks end to end, in one backward: leave "
+                              "rule.variant and rule.block_parallel unset")
         super().__init__(model, variant="dt", **kw)
         self.mix = nn.Parameter(torch.full((self.T,), math.atanh(0.5)))
 

@@ -35,11 +35,13 @@ def test_dt_learns_digits_at_the_cli_budget(dt_digits):
     assert m["train_acc"] >= 0.96
 
 
-@pytest.mark.parametrize("variant,floor", [("ct", 0.80), ("fm", 0.90)])
-def test_ct_and_fm_learn_above_chance(variant, floor, digits):
-    """Measured (seed 0): CT 0.911, FM 0.981; chance is 0.1."""
+@pytest.mark.parametrize("variant,kw,floor", [("ct", {}, 0.80), ("fm", {}, 0.90),
+                                              ("fm", {"head": "embedding", "inference_start": "gaussian"}, 0.90)],
+                         ids=["ct", "fm", "fm-embedding-head-from-noise"])
+def test_ct_and_fm_learn_above_chance(variant, kw, floor, digits):
+    """Measured (seed 0): CT 0.911, FM 0.981, FM with the Eqs. 15-16 head from z_0 ~ N(0, I) 0.981; chance 0.1."""
     torch.manual_seed(0)
-    rule = NoProp(MLP([1, 8, 8], 10), variant=variant, inference_steps=100)
+    rule = NoProp(MLP([1, 8, 8], 10), variant=variant, inference_steps=100, **kw)
     m = train(rule, digits, CLI_BUDGET, seed=0)
     assert m["test_acc"] >= floor, m["history"]
 

@@ -115,8 +115,9 @@ def test_backprop_baseline_trains_every_block_end_to_end(digits):
         assert all(p.grad.abs().sum() > 0 for p in [*block.image.parameters(), *block.fuse.parameters()])
     assert saved.peak == saved.bytes                                  # nothing freed before the one backward
     torch.testing.assert_close(torch.tanh(torch.full((3,), 0.5).atanh()), torch.full((3,), 0.5))
-    with pytest.raises(ConfigError, match="leave rule.variant unset"):
-        NoPropBackprop(MLP([64], 10), variant="fm")
+    for bad in ({"variant": "fm"}, {"block_parallel": True}):
+        with pytest.raises(ConfigError, match="leave rule.variant and rule.block_parallel unset"):
+            NoPropBackprop(MLP([64], 10), **bad)
 
 
 def test_paper_presets_build_and_update(digits):
