@@ -11,20 +11,31 @@ o a random offset in 1..C-1, so never the true label; `n_negatives` distinct one
 
 Per layer l (h_0 = model.encode(x_embedded)), with inputs detached so no error crosses layers:
 
-    u_l    = norm(h_{l-1}).detach()      norm(h) = h / sqrt(mean(h^2) + eps) per sample (RMS 1)
+    u_l    = norm(h_{l-1}).detach()      `norm: rms` (default) h / sqrt(mean(h^2) + eps) per sample (RMS 1,
+                                         Hinton's code's ffnormrows) | `length` h / sqrt(sum(h^2) + eps)
+                                         (unit length, the paper's text)
     h_l    = layers[l](u_l)               [B, ...]  (SpikingMLP: spikes [T, B, D], norm per time step)
-    G_l    = mean_j pool(h_l)_j^2         goodness [B] (`goodness: sum` sums; spiking: of the rates)
+    G_l    = mean_j pool(h_l)_j^2         goodness [B] (`goodness: sum` sums, the paper's; spiking: of the rates)
     loss_l = mean softplus(alpha (G_neg - G_pos))                          `loss: symba` (default)
-           | mean softplus(-alpha (G_pos - theta)) + mean softplus(alpha (G_neg - theta))   `threshold`
+           | mean softplus(-alpha (G_pos - θ_l)) + mean softplus(alpha (G_neg - θ_l))   `threshold`
 
-`threshold` is the paper's loss: p(positive) = sigmoid(alpha (G - theta)) and its cross-entropy.
+`threshold` is the paper's loss: p(positive) = sigmoid(alpha (G - θ_l)) and its cross-entropy, θ_l =
+`threshold` (x the layer's width with `threshold_per_unit`: Hinton's code compares the summed goodness with
+the number of units). The paper preset (configs/rule/ff_paper.yaml: threshold loss, sum goodness, unit
+length, alpha 1, hard negatives) reaches digits 0.95 and Fashion-10k ~0.82 at the default budgets.
 `symba` (Lee & Song 2023) compares each positive with the negatives of the same image; it is the
-default because it reaches the accuracy bars within the default budget where the threshold loss
-does not (digits 0.93-0.96 and Fashion-10k 0.81-0.83 with the threshold loss at its best settings
-for each, never both; see configs/rule/ff.yaml). RMS 1 (not the paper's unit length h/||h||) keeps
-the next layer's pre-activations O(1) whatever the width: unit length shrinks them by 1/sqrt(D) and
-the layer barely trains. Only the direction passes upward; the layer below's goodness is removed.
+default because it is ahead at the default budget (digits 0.969, Fashion-10k 0.845). RMS 1 keeps the
+next layer's pre-activations O(1) whatever the width: unit length shrinks them by 1/sqrt(D), which the
+threshold loss's θ must absorb. Only the direction passes upward; the layer below's goodness is removed.
 Positives and negatives go through a layer as one batch [B (1 + k)].
+
+Unsupervised FF (`unsupervised: true`, configs/rule/ff_unsupervised.yaml; Hinton 2022, Sec. 3.2): no label
+enters the input. Positives are the images, negatives `n_negatives` hybrids of each (`hybrid_images`:
+m x_i + (1 - m) x_j with x_j another image of the batch and m a mask of large blobs, a random bit image
+blurred `mask_blurs` times with [1/4, 1/2, 1/4] along H and W and thresholded at 0.5). The layers learn to
+tell real from hybrid; a rule-owned Linear readout on the normalised pooled activities of the layers
+(`readout_layers`: all but the first with `skip_first`, as the paper) learns the classes by cross-entropy
+on detached features, at `head_lr_scale` x the lr. Needs `inference: readout` and image data [C, H, W].
 
 Schedules (`mode`): `simultaneous` (default) trains all layers every step; `layer_greedy` trains
 layer 1 for `epochs_per_layer` epochs, then layer 2, ... (`on_epoch_end` moves on and returns True so
@@ -43,7 +54,8 @@ probability softmax(alpha * score / hard_temperature) over the wrong classes, sc
 goodness (Hinton's hard negatives; C extra no-grad passes per batch).
 
 Measured with configs/rule/ff.yaml: digits MLP 0.969 (seeds 0-2, CLI defaults; readout_only 0.920),
-Fashion-10k MLP 0.844 (seeds 0-1; readout_only 0.786). SpikingMLP: digits 0.942 (readout_only 0.933),
+Fashion-10k MLP 0.844 (seeds 0-1; readout_only 0.786); ff_paper and ff_unsupervised: experiments/results/
+variants1.md. SpikingMLP: digits 0.942 (readout_only 0.933),
 Fashion subset 4k/2k 0.812 (readout_only 0.667); its layers see RMS-scaled, hence non-binary, spikes.
 
 Conv models (`label_embedding: pattern`, the default for ConvNet via `auto`): the label in the first
@@ -71,6 +83,8 @@ GOODNESS = ("mean", "sum")
 NEGATIVES = ("random", "hard")
 LOSSES = ("symba", "threshold")
 EMBEDDINGS = ("auto", "corner", "pattern")
+NORMS = ("rms", "length")
+BLUR = (0.25, 0.5, 0.25)                         # Hinton's mask filter, applied along H and along W
 
 
 def wrong_labels(y: Tensor, n_classes: int, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -95,6 +109,37 @@ def rms_norm(h: Tensor, spiking: bool = False, eps: float = 1e-6) -> Tensor:
     return h / torch.sqrt(h.pow(2).mean(dim=dims, keepdim=True) + eps)
 
 
+def layer_norm(h: Tensor, spiking: bool = False, kind: str = "rms", eps: float = 1e-6) -> Tensor:
+    """A layer's input scaled per sample (per time step when spiking): `rms` = `rms_norm` (mean square 1 per
+    unit, as Hinton's code's ffnormrows), `length` = h / sqrt(sum(h^2) + eps) (unit length, the paper's text)."""
+    if kind == "rms":
+        return rms_norm(h, spiking, eps)
+    dims = tuple(range(2 if spiking else 1, h.dim()))
+    return h / torch.sqrt(h.pow(2).sum(dim=dims, keepdim=True) + eps)
+
+
+def blur_masks(n: int, height: int, width: int, blurs: int, generator: torch.Generator | None = None) -> Tensor:
+    """[n, 1, H, W] masks of 0s and 1s with large blobs (Hinton 2022, unsupervised FF): a random bit image
+    blurred `blurs` times with [1/4, 1/2, 1/4] along H and along W (edges replicated), then thresholded at 0.5."""
+    m = torch.randint(0, 2, (n, 1, height, width), generator=generator).float()
+    k = torch.tensor(BLUR)
+    for _ in range(int(blurs)):
+        m = F.conv2d(F.pad(m, (0, 0, 1, 1), mode="replicate"), k.view(1, 1, 3, 1))
+        m = F.conv2d(F.pad(m, (1, 1, 0, 0), mode="replicate"), k.view(1, 1, 1, 3))
+    return (m > 0.5).float()
+
+
+def hybrid_images(x: Tensor, k: int = 1, blurs: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    """Unsupervised FF's negatives: k hybrids per image of x [B, c, H, W], in repeat_interleave order
+    ([B k, c, H, W]): m x_i + (1 - m) x_j, with m = blur_masks(...) (shared by the channels) and x_j another
+    image of the batch (j = i + o mod B, o uniform in 1..B-1, so never x_i itself when B > 1)."""
+    B = len(x)
+    i = torch.arange(B).repeat_interleave(k)
+    o = torch.randint(1, B, (B * k,), generator=generator) if B > 1 else torch.zeros(B * k, dtype=torch.long)
+    m = blur_masks(B * k, x.shape[-2], x.shape[-1], blurs, generator).to(x)
+    return m * x[i.to(x.device)] + (1 - m) * x[((i + o) % B).to(x.device)]
+
+
 class ForwardForward(GreedyLayers, LearningRule):
     """Supervised Forward-Forward with label-in-input positives and wrong-label negatives."""
 
@@ -106,11 +151,13 @@ class ForwardForward(GreedyLayers, LearningRule):
                  lr_scale: float = 3.0, n_negatives: int = 1, negatives: str = "random",
                  hard_temperature: float = 1.0, mode: str = "simultaneous", epochs_per_layer: int = 10,
                  inference: str = "goodness", skip_first: bool = False, head_lr_scale: float = 10.0,
-                 label_embedding: str = "auto", pattern_value: float = 1.0, pattern_seed: int = 0):
+                 label_embedding: str = "auto", pattern_value: float = 1.0, pattern_seed: int = 0,
+                 norm: str = "rms", threshold_per_unit: bool = False, unsupervised: bool = False,
+                 mask_blurs: int = 10):
         super().__init__(model)
         checks = (("label_embedding", label_embedding, EMBEDDINGS), ("loss", loss, LOSSES), ("mode", mode, MODES),
                   ("inference", inference, INFERENCE), ("goodness", goodness, GOODNESS),
-                  ("negatives", negatives, NEGATIVES))
+                  ("negatives", negatives, NEGATIVES), ("norm", norm, NORMS))
         for key, value, allowed in checks:
             check_choice(key, value, allowed, "ff")
         if alpha <= 0:
@@ -143,8 +190,24 @@ class ForwardForward(GreedyLayers, LearningRule):
             gen = torch.Generator().manual_seed(int(pattern_seed))
             pattern = torch.randint(0, 2, (self.n_classes, *shape), generator=gen).float() * 2 - 1
             self.register_buffer("patterns", pattern)     # [C, *in_shape], +-1
+        self.norm, self.unsupervised, self.mask_blurs = norm, bool(unsupervised), int(mask_blurs)
+        dims = [int(d) for d in model.dims]
+        self.thresholds = [self.threshold * (d if threshold_per_unit else 1) for d in dims]   # θ_l per layer
+        self.readout = None
+        if self.unsupervised:
+            if inference != "readout":
+                raise ConfigError("rule.unsupervised=true puts no label in the input, so goodness cannot score "
+                                  "labels: set rule.inference=readout (a linear readout of the activities)")
+            if len(model.in_shape) != 3 or self.mask_blurs < 0:
+                raise ConfigError(f"rule.unsupervised=true mixes images with blurred masks: it needs image data "
+                                  f"[C, H, W] (got {list(model.in_shape)}) and rule.mask_blurs >= 0")
+            self.readout = torch.nn.Linear(sum(dims[i] for i in self.readout_layers()), self.n_classes)
         self.stage = 0 if mode == "layer_greedy" else len(model.layers) - 1   # highest layer being trained
         self._set_trainable()
+
+    def readout_layers(self) -> range:
+        """The layers the unsupervised readout reads: all but the first with skip_first (the paper), else all."""
+        return range(1 if self.skip_first else 0, len(self.model.layers))
 
     # ----------------------------------------------------------------------------------------- setup
     def _set_trainable(self) -> None:
@@ -153,10 +216,11 @@ class ForwardForward(GreedyLayers, LearningRule):
             for p in layer.parameters():
                 p.requires_grad_(on)
         for p in self.model.head.parameters():
-            p.requires_grad_(self.inference == "readout")
+            p.requires_grad_(self.inference == "readout" and not self.unsupervised)
 
     def param_groups(self) -> list[dict]:
-        head = {id(p) for p in self.model.head.parameters()}
+        heads = [self.model.head] + ([self.readout] if self.readout is not None else [])
+        head = {id(p) for m in heads for p in m.parameters()}
         own = self.trainable_parameters()
         groups = [self.group([p for p in own if id(p) not in head], self.lr_scale)]
         if self.inference == "readout":
@@ -194,19 +258,28 @@ class ForwardForward(GreedyLayers, LearningRule):
         return g.mean(1) if self.goodness_kind == "mean" else g.sum(1)
 
     def _layer_inputs(self, x: Tensor, labels: Tensor | None):
-        """Yield (l, u_l, h_l): the detached, normalised input of layer l and its output."""
+        """Yield (l, u_l, h_l): the detached, normalised input of layer l and its output (unsupervised: no label
+        in the input)."""
         spiking = self.model.spiking
-        h = self.model.encode(self.embed(x, labels))
+        h = self.model.encode(x if self.unsupervised else self.embed(x, labels))
         for i, layer in enumerate(self.model.layers):
-            u = rms_norm(h, spiking).detach()
+            u = layer_norm(h, spiking, self.norm).detach()
             h = layer(u)
             yield i, u, h
 
+    def _readout_features(self, x: Tensor) -> Tensor:
+        """[B, sum of the read layers' widths]: the normalised pooled activities of `readout_layers()`."""
+        read = set(self.readout_layers())
+        return torch.cat([layer_norm(self.model.pool(h), False, self.norm)
+                          for i, _, h in self._layer_inputs(x, None) if i in read], 1)
+
     def assign_credit(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        B = len(x)
-        y_neg = self.negative_labels(x, y)                # [B, k]
-        xx = torch.cat([x, x.repeat_interleave(self.n_negatives, 0)])
-        labels = torch.cat([y, y_neg.reshape(-1)])
+        B, k = len(x), self.n_negatives
+        if self.unsupervised:                             # negatives: hybrids of two images; no labels
+            xx, labels = torch.cat([x, hybrid_images(x, k, self.mask_blurs)]), None
+        else:
+            y_neg = self.negative_labels(x, y)            # [B, k]
+            xx, labels = torch.cat([x, x.repeat_interleave(k, 0)]), torch.cat([y, y_neg.reshape(-1)])
         logs, total = {}, 0.0
         for i, _, h in self._layer_inputs(xx, labels):
             if i > self.stage:
@@ -215,26 +288,33 @@ class ForwardForward(GreedyLayers, LearningRule):
                 continue                                  # layer_greedy: layers below the current one
             g = self.goodness(h)
             g_pos, g_neg = g[:B], g[B:]
-            loss = self.layer_loss(g_pos, g_neg.view(B, self.n_negatives))
+            loss = self.layer_loss(g_pos, g_neg.view(B, k), self.thresholds[i])
             loss.backward()                               # inputs are detached: grads stay in layer i
             total += loss.item()
             logs[f"g_pos{i + 1}"], logs[f"g_neg{i + 1}"] = g_pos.mean().item(), g_neg.mean().item()
         logs["loss"] = total
         if self.inference == "readout":
-            with torch.no_grad():
-                *_, (_, _, h) = self._layer_inputs(x, None)
-            ce = F.cross_entropy(self.model.head(rms_norm(h, self.model.spiking)), y)
-            ce.backward()
+            ce = F.cross_entropy(self._readout_logits(x), y)
+            ce.backward()                                 # the features are computed without grad
             logs["readout_loss"] = ce.item()
         return logs
 
-    def layer_loss(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
-        """g_pos [B], g_neg [B, k] -> scalar. threshold: softplus(-a(G+ - theta)) + softplus(a(G- - theta));
-        symba: softplus(a(G- - G+)) for each (positive, negative) pair of the same image."""
-        a = self.alpha
+    def _readout_logits(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            if self.unsupervised:
+                feats = self._readout_features(x)
+            else:
+                *_, (_, _, h) = self._layer_inputs(x, None)
+                feats = layer_norm(h, self.model.spiking, self.norm)
+        return (self.readout if self.unsupervised else self.model.head)(feats)
+
+    def layer_loss(self, g_pos: Tensor, g_neg: Tensor, theta: float | None = None) -> Tensor:
+        """g_pos [B], g_neg [B, k] -> scalar. threshold: softplus(-a(G+ - θ)) + softplus(a(G- - θ)) (θ: this
+        layer's threshold, default `threshold`); symba: softplus(a(G- - G+)) per (positive, negative) pair."""
+        a, theta = self.alpha, self.threshold if theta is None else theta
         if self.loss_kind == "symba":
             return F.softplus(a * (g_neg - g_pos[:, None])).mean()
-        return F.softplus(-a * (g_pos - self.threshold)).mean() + F.softplus(a * (g_neg - self.threshold)).mean()
+        return F.softplus(-a * (g_pos - theta)).mean() + F.softplus(a * (g_neg - theta)).mean()
 
     @torch.no_grad()
     def negative_labels(self, x: Tensor, y: Tensor) -> Tensor:
@@ -260,8 +340,7 @@ class ForwardForward(GreedyLayers, LearningRule):
     def predict(self, x: Tensor) -> Tensor:
         """Logits [B, C]: summed goodness per candidate label, or the head's readout (`inference`)."""
         if self.inference == "readout":
-            *_, (_, _, h) = self._layer_inputs(x, None)
-            return self.model.head(rms_norm(h, self.model.spiking))
+            return self._readout_logits(x)
         return self.score(x)
 
     @torch.no_grad()

@@ -22,8 +22,16 @@ Eq. 3 (one inference step, also the posterior q(z_t | z_{t-1}, y) with u_y repla
 - `ImagePath`: x -> model-style encoder (a copy of `model.layers`, or the layers themselves) -> pool
   -> FC(width) -> ReLU: [B, ...] -> [B, width].
 - `LatentMLP`: z [B, d] -> FC(width) -> ReLU -> (+ skip) FC(width) -> ReLU: [B, width].
-- `Denoiser`: concat(image, latent[, time]) -> FC(width) -> ReLU -> FC(C): logits [B, C]. The rule turns
-  them into û = softmax(logits) W_Embed (DT/CT) or v = logits W_Embed (FM).
+- `Denoiser`: concat(image, latent[, time]) -> fuse -> logits [B, C]. The rule turns them into
+  û = softmax(logits) W_Embed (DT/CT) or v = logits W_Embed (FM). `build_denoiser` makes one of two kinds:
+  - block=model: image = `ImagePath`, latent = `LatentMLP`, fuse = FC(width) -> ReLU -> FC(C);
+  - block=paper (the paper's Fig. 6, as the community reproductions Tai225999 and vpuhoff read it; the text
+    gives the layout, not the unit counts): image = `PaperImagePath` ([conv3x3 -> ReLU (-> maxpool2 after the
+    first and the last conv) -> dropout] per channel entry -> FC(width) -> BN), latent = `PaperLatent`
+    (FC -> BN -> ReLU, then a residual FC -> BN -> ReLU -> FC -> BN), fuse = FC(width) -> BN -> ReLU ->
+    FC(width/2) -> BN -> ReLU -> FC(C). CT/FM (timed) drop every BatchNorm, as the paper's CT network does.
+- `fm_path(u, z0, t, eps, sigma)`: NoProp-FM's sample z_t = t u_y + (1 - t) z_0 + σ ε and its velocity target
+  u_y - z_0 (the two numbers the FM loss is made of).
 """
 from __future__ import annotations
 
@@ -198,6 +206,9 @@ class ImagePath(nn.Module):
             h = layer(h)
         return F.relu(self.fc(pool(h, self.spiking)))
 
+    def weight_layers(self) -> dict[str, nn.Module]:
+        return {**{f"layers.{j}": m for j, m in enumerate(self.layers)}, "fc": self.fc}
+
 
 class LatentMLP(nn.Module):
     """z [B, d] -> h = ReLU(FC(z)) -> ReLU(h + FC(h)): [B, width] (FC stack with a skip connection)."""
@@ -225,16 +236,14 @@ class TimeEmbedding(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """logits [B, C] = FC(ReLU(FC(concat(image(x), latent(z)[, time(t)])))).
+    """logits [B, C] = fuse(concat(image(x), latent(z)[, time(t)])).
 
     `features(x)` is the image path alone, so the CT/FM samplers compute it once per input and reuse it
     at every one of their steps (it depends on neither z nor t)."""
 
-    def __init__(self, image: ImagePath, latent: nn.Module, n_classes: int, width: int, timed: bool = False):
+    def __init__(self, image: nn.Module, latent: nn.Module, fuse: nn.Module, time: nn.Module | None = None):
         super().__init__()
-        self.image, self.latent = image, latent
-        self.time = TimeEmbedding(width) if timed else None
-        self.fuse = nn.Sequential(nn.Linear((3 if timed else 2) * width, width), nn.ReLU(), nn.Linear(width, n_classes))
+        self.image, self.latent, self.fuse, self.time = image, latent, fuse, time
 
     def features(self, x: Tensor) -> Tensor:
         return self.image(x)
@@ -244,3 +253,89 @@ class Denoiser(nn.Module):
         if self.time is not None:
             parts.append(self.time(t))
         return self.fuse(torch.cat(parts, -1))
+
+    def weight_layers(self) -> dict[str, nn.Module]:
+        """Every module holding weights, by name (the statistics' per-layer account of inference)."""
+        parts = {**{f"image.{k}": m for k, m in self.image.weight_layers().items()}, "latent": self.latent,
+                 "time": self.time, "fuse": self.fuse}
+        return {k: m for k, m in parts.items() if m is not None}
+
+
+# ---- the paper's block (Fig. 6) ----------------------------------------------------------------------------
+def _norm(width: int, on: bool) -> nn.Module:
+    return nn.BatchNorm1d(width) if on else nn.Identity()
+
+
+class PaperImagePath(nn.Module):
+    """The paper's image module: x [B, c, H, W] -> [conv3x3(ch_i) -> ReLU (-> maxpool2 after the first and
+    the last conv) -> dropout] per entry of `channels` -> flatten -> FC(width) -> BN: [B, width].
+    `shape` reshapes a flat input first (prototype latents); `norm=False` drops the BatchNorm."""
+
+    def __init__(self, in_shape, channels, width: int, dropout: float, norm: bool = True, shape=None):
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ConfigError(f"rule.block=paper builds the paper's conv blocks and needs image data [C, H, W], "
+                              f"got input shape {list(in_shape)}; use rule.block=model")
+        c, h, w = (int(v) for v in in_shape)
+        mods, last = [], len(channels) - 1
+        for i, ch in enumerate(channels):
+            mods += [nn.Conv2d(c, int(ch), 3, padding=1), nn.ReLU()]
+            if i in (0, last):
+                mods.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            mods.append(nn.Dropout(dropout))
+            c = int(ch)
+        if h < 1 or w < 1:
+            raise ConfigError(f"rule.block=paper pools twice: the {in_shape[1]}x{in_shape[2]} input is too small")
+        self.conv, self.shape = nn.Sequential(*mods), shape
+        self.fc, self.norm = nn.Linear(c * h * w, int(width)), _norm(int(width), norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.shape is not None:
+            x = x.reshape(len(x), *self.shape)
+        return self.norm(self.fc(self.conv(x).flatten(1)))
+
+    def weight_layers(self) -> dict[str, nn.Module]:
+        convs = [m for m in self.conv if isinstance(m, nn.Conv2d)]
+        return {**{f"conv.{j}": m for j, m in enumerate(convs)}, "fc": self.fc}
+
+
+class PaperLatent(nn.Module):
+    """z [B, d] -> h = ReLU(BN(FC(z))) -> h + BN(FC(ReLU(BN(FC(h))))): [B, width] (FC stack with a skip)."""
+
+    def __init__(self, d: int, width: int, norm: bool = True):
+        super().__init__()
+        self.inp = nn.Sequential(nn.Linear(d, width), _norm(width, norm), nn.ReLU())
+        self.res = nn.Sequential(nn.Linear(width, width), _norm(width, norm), nn.ReLU(), nn.Linear(width, width),
+                                 _norm(width, norm))
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.inp(z)
+        return h + self.res(h)
+
+
+def build_denoiser(kind: str, model: nn.Module, layers: nn.ModuleList, n_classes: int, d: int, width: int,
+                   timed: bool, proto_shape=None, channels=(32, 64, 128), dropout: float = 0.2) -> Denoiser:
+    """One denoising network û(z, x[, t]) of the given kind (module docstring). `layers`: block=model's image
+    encoder (model.layers or a fresh copy); `proto_shape`: prototype embeddings' image shape (the latent path
+    then reads z as an image)."""
+    k = 3 if timed else 2                     # modules built in forward order: image, latent, time, fuse
+    if kind == "model":
+        image = ImagePath(model, layers, width)
+        latent = ImagePath(model, fresh_copy(model.layers), width, proto_shape) if proto_shape else LatentMLP(d, width)
+        time = TimeEmbedding(width) if timed else None
+        fuse = nn.Sequential(nn.Linear(k * width, width), nn.ReLU(), nn.Linear(width, n_classes))
+        return Denoiser(image, latent, fuse, time)
+    norm, half = not timed, max(1, width // 2)
+    image = PaperImagePath(model.in_shape, channels, width, dropout, norm)
+    latent = (PaperImagePath(proto_shape, channels, width, dropout, norm, proto_shape) if proto_shape
+              else PaperLatent(d, width, norm))
+    time = TimeEmbedding(width) if timed else None
+    fuse = nn.Sequential(nn.Linear(k * width, width), _norm(width, norm), nn.ReLU(), nn.Linear(width, half),
+                         _norm(half, norm), nn.ReLU(), nn.Linear(half, n_classes))
+    return Denoiser(image, latent, fuse, time)
+
+
+def fm_path(u: Tensor, z0: Tensor, t: Tensor, eps: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """NoProp-FM: (z_t, target) = (t u_y + (1 - t) z_0 + σ ε, u_y - z_0); u, z0, eps [B, d], t [B, 1]."""
+    return t * u + (1 - t) * z0 + sigma * eps, u - z0

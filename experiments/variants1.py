@@ -1,0 +1,137 @@
+"""Paper variants I (issue 17): NoProp as the paper trains it and Forward-Forward (threshold loss, unsupervised),
+each beside backprop and the readout_only control on the same net and budget, on digits and Fashion-10k.
+
+Every run is one `bioplaus-run` command (listed by `commands`), run one at a time with OMP_NUM_THREADS=1 into
+<out>/<label>_s<seed>; a run whose metrics.json exists is skipped, so the sweep resumes. `table` reads the
+metrics back and prints the markdown tables of experiments/results/variants1.md (mean ± std over seeds, margin
+over the group's readout_only arm, and the trainer's memory measurements).
+
+    python experiments/variants1.py commands                       # the exact commands
+    python experiments/variants1.py run --out /tmp/v1 [--group ff-fashion]
+    python experiments/variants1.py table --out /tmp/v1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+FASHION = ["data=fashion", "data.n_train=10000", "trainer.epochs=20", "trainer.batch_size=128"]
+ADAMW = ["trainer.optimizer._target_=torch.optim.AdamW", "+trainer.optimizer.weight_decay=1e-3"]  # Table 3's
+DIGITS_B128 = ["data=digits", "trainer.batch_size=128"]                  # NoProp's Table 3 batch on digits too
+NARROW = ["model=convnet", "model.channels=[8,16,32]", "rule.channels=[8,16,32]", "rule.width=64"]
+WIDE = ["model=convnet", "model.channels=[32,64,128]"]
+TUNED_LR = ["rule.lr_scale=3", "rule.classifier_lr_scale=10"]
+HINTON_CODE = ["rule.norm=rms", "rule.threshold_per_unit=true", "rule.label_relative=false", "rule.label_value=1.0"]
+
+# group -> [(label, overrides, seeds)]; the convnet arms take no rule.channels / rule.width
+RUNS: dict[str, list[tuple[str, list[str], list[int]]]] = {
+    "ff-digits": [(f"{r}", [f"rule={r}", "data=digits"], [0, 1])
+                  for r in ("ff_paper", "ff_unsupervised", "ff", "backprop", "readout_only")],
+    "ff-fashion": [(f"{r}", [f"rule={r}", *FASHION], [0, 1])
+                   for r in ("ff_paper", "ff_unsupervised", "backprop", "readout_only")]
+                  + [("ff_paper_hinton_code", ["rule=ff_paper", *HINTON_CODE, *FASHION], [0])],
+    "noprop-memory": [(f"{name}_{s}", [*rule, f"rule.schedule={s}", "data=fashion", "data.n_train=10000",
+                                        "data.n_test=1000", "trainer.epochs=1", "trainer.batch_size=128"], [0])
+                      for name, rule in (("mlp_block", ["rule=noprop"]),
+                                         ("paper_block", ["rule=noprop_paper", "model=convnet"]))
+                      for s in ("together", "sequential")]
+                     + [("noprop_bp_paper_block", ["rule=noprop_bp", "model=convnet", "data=fashion",
+                                                   "data.n_train=10000", "data.n_test=1000", "trainer.epochs=1",
+                                                   "trainer.batch_size=128"], [0])],
+    "noprop-digits": [("noprop_paper", ["rule=noprop_paper", *DIGITS_B128, *WIDE, *ADAMW], [0, 1]),
+                      ("noprop_paper_tuned_lr", ["rule=noprop_paper", *DIGITS_B128, *WIDE, *ADAMW, *TUNED_LR], [0, 1]),
+                      ("noprop_bp", ["rule=noprop_bp", *DIGITS_B128, *WIDE, *ADAMW], [0]),
+                      ("noprop_bp_tuned_lr", ["rule=noprop_bp", *DIGITS_B128, *WIDE, *ADAMW, *TUNED_LR], [0]),
+                      ("backprop", ["rule=backprop", *DIGITS_B128, *WIDE, *ADAMW], [0, 1]),
+                      ("readout_only", ["rule=readout_only", *DIGITS_B128, *WIDE, *ADAMW], [0, 1])],
+    "noprop-fashion-narrow": [("noprop_paper", ["rule=noprop_paper", *FASHION, *NARROW, *ADAMW], [0]),
+                              ("noprop_paper_tuned_lr", ["rule=noprop_paper", *FASHION, *NARROW, *ADAMW, *TUNED_LR],
+                               [0]),
+                              ("noprop_bp_tuned_lr", ["rule=noprop_bp", *FASHION, *NARROW, *ADAMW, *TUNED_LR], [0]),
+                              ("backprop", ["rule=backprop", *FASHION, *NARROW[:2], *ADAMW], [0]),
+                              ("readout_only", ["rule=readout_only", *FASHION, *NARROW[:2], *ADAMW], [0])],
+    "noprop-digits-100ep": [(label, [*overrides, "trainer.epochs=100"], [0, 1]) for label, overrides in (
+        ("noprop_paper", ["rule=noprop_paper", *DIGITS_B128, *WIDE, *ADAMW]),
+        ("backprop", ["rule=backprop", *DIGITS_B128, *WIDE, *ADAMW]),
+        ("readout_only", ["rule=readout_only", *DIGITS_B128, *WIDE, *ADAMW]))],        # the paper's 100 epochs
+    "noprop-fashion-paper": [("noprop_paper", ["rule=noprop_paper", *FASHION, *WIDE, *ADAMW], [0]),
+                             ("backprop", ["rule=backprop", *FASHION, *WIDE, *ADAMW], [0]),
+                             ("readout_only", ["rule=readout_only", *FASHION, *WIDE, *ADAMW], [0])],
+}
+
+
+def command(overrides: list[str], seed: int, run_dir: Path) -> list[str]:
+    return ["bioplaus-run", *overrides, f"seed={seed}", "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+
+
+def jobs(groups):
+    for group in groups:
+        for label, overrides, seeds in RUNS[group]:
+            for seed in seeds:
+                yield group, label, seed, overrides
+
+
+def run(out: Path, groups) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for group, label, seed, overrides in jobs(groups):
+        run_dir = out / group / f"{label}_s{seed}"
+        if (run_dir / "metrics.json").exists():
+            continue
+        print(" ".join(command(overrides, seed, run_dir)), flush=True)
+        done = subprocess.run(command(overrides, seed, run_dir), env=env)
+        if done.returncode:
+            print(f"  failed (exit {done.returncode}); going on", flush=True)
+
+
+def table(out: Path, groups) -> str:
+    lines = []
+    for group in groups:
+        rows: dict[str, list[dict]] = {}
+        for _, label, seed, _ in jobs([group]):
+            path = out / group / f"{label}_s{seed}" / "metrics.json"
+            if path.exists():
+                rows.setdefault(label, []).append(json.loads(path.read_text()))
+        if not rows:
+            continue
+        control = statistics.fmean(r["test_acc"] for r in rows["readout_only"]) if "readout_only" in rows else None
+        lines += [f"\n### {group}\n", "| arm | seeds | test acc | vs readout_only | train acc | held for backward "
+                  "(MB, 1st update) | saved for backward (MB) | peak RSS growth (MB) | train time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label, rs in rows.items():
+            acc = [r["test_acc"] for r in rs]
+            sd = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
+            mean = statistics.fmean(acc)
+            margin = "—" if control is None or label == "readout_only" else f"{mean - control:+.4f}"
+            per = ", ".join(f"{a:.4f}" for a in acc)
+            lines.append(f"| {label} | {len(rs)} ({per}) | **{mean:.4f}**{sd} | {margin} | "
+                         f"{statistics.fmean(r['train_acc'] for r in rs):.4f} | "
+                         f"{statistics.fmean(r['held_for_backward_peak_mb'] for r in rs):.2f} | "
+                         f"{statistics.fmean(r['saved_for_backward_mb'] for r in rs):.2f} | "
+                         f"{statistics.fmean(r['peak_mem_mb'] for r in rs):.0f} | "
+                         f"{statistics.fmean(r['train_time_s'] for r in rs):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["commands", "run", "table"])
+    p.add_argument("--out", type=Path, default=Path("runs/variants1"))
+    p.add_argument("--group", action="append", choices=list(RUNS), help="only these groups (default: all)")
+    a = p.parse_args(argv)
+    groups = a.group or list(RUNS)
+    if a.what == "commands":
+        for group, label, seed, overrides in jobs(groups):
+            print(f"OMP_NUM_THREADS=1 {' '.join(command(overrides, seed, a.out / group / f'{label}_s{seed}'))}")
+    elif a.what == "run":
+        run(a.out, groups)
+    else:
+        print(table(a.out, groups))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
