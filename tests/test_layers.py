@@ -28,8 +28,8 @@ BELOW = {
     "train": {"base", "kernels", "neurons", "blocks", "models", "data", "rules", "stats"},
     "run": {"base", "kernels", "neurons", "blocks", "models", "data", "rules", "stats", "train"},
 }
-TOP = {"errors": "base", "atomic": "base", "checkpoint": "train", "distributed": "train", "train": "train",
-       "run": "run", "compare": "run"}
+TOP = {"errors": "base", "atomic": "base", "checkpoint": "train", "distributed": "train", "divergence": "train",
+       "train": "train", "run": "run", "checks": "run", "rundir": "run", "sweep": "run", "compare": "run"}
 
 
 def modules() -> dict[str, Path]:
