@@ -1,14 +1,22 @@
 """Comparison tables and plots from a sweep directory; the multirun callback and `bioplaus-compare`.
 
-`compare(sweep_dir)` reads every `**/metrics.json` below sweep_dir, groups runs by (data, model, rule),
-averages over seeds (mean ± std), adds each group's margin over the `readout_only` control on the same
-model and data, and writes (atomically) into sweep_dir:
+`compare(sweep_dir)` reads every `**/metrics.json` below sweep_dir (and every failed job's `failed.json`),
+groups runs by (data, model, rule, variant), averages over seeds (mean ± std), adds each group's margin over the
+`readout_only` control on the same model, data and variant, and writes (atomically) into sweep_dir:
 
     comparison.md   the table (also printed)
     comparison.csv  one row per group, plain numbers
     comparison.png  test accuracy vs training time and vs inference energy per sample (error bars over seeds)
 
     bioplaus-compare multirun/2026-11-23/12-00-00
+
+Failed jobs get a row each with their status (diverged, error, crashed) and error line (`status`, `error`
+columns). The variant of a run is the values of the swept keys other than seeds and the labels (rule, model,
+data, arm, experiment), e.g. `trainer.optimizer.lr=0.01`; it is empty for a sweep over arms.
+Runs are never mixed silently: runs whose command-line overrides differ in a key the sweep did not sweep
+(`multirun.yaml`; without one, in anything but a config group), runs with the same overrides but different
+configs, and one config and seed found twice are each refused with one ConfigError naming the keys and dirs.
+A damaged metrics.json or failed.json is refused naming the file.
 """
 from __future__ import annotations
 
@@ -21,21 +29,119 @@ from pathlib import Path
 
 from bioplaus.atomic import atomic_write
 from bioplaus.errors import ConfigError
+from bioplaus.rundir import FAILED, config_diff, describe
+from bioplaus.sweep import GROUPS, override_map
 
 CONTROL = "readout_only"
 COLUMNS = ["data", "model", "rule", "seeds", "test_acc", "test_acc_std", "margin_vs_control", "train_acc",
            "train_time_s", "time_per_step_ms", "peak_mem_mb", "saved_for_backward_mb", "energy_uj_per_sample",
-           "sop_per_sample", "mac_per_sample", "firing_rate", "train_energy_mj_per_step", "epochs"]
+           "sop_per_sample", "mac_per_sample", "firing_rate", "train_energy_mj_per_step", "epochs", "variant",
+           "status", "error"]
+REQUIRED = ("data", "model", "rule", "test_acc", "train_acc", "train_time_s", "peak_mem_mb", "epochs")
+LABELS = ("rule", "model", "data", "arm", "experiment")     # override keys the row labels already show
+NAN = float("nan")
+
+
+def _read(path: Path) -> dict:
+    """One run record (metrics.json / failed.json), or a ConfigError naming the file and what is wrong."""
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): the file is "
+                          "damaged or cut short; rerun that job or move it away") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}): rerun that job or move it away") from None
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{path} holds no JSON object: not a bioplaus-run record")
+    return rec
 
 
 def load_runs(sweep_dir: str | Path) -> list[dict]:
+    """Every run record below sweep_dir: finished runs (status ok) and failed jobs (their failed.json), each with
+    its dir under `_path`."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} is not a directory: give the sweep dir of a multirun")
-    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("metrics.json"))]
+    runs = []
+    for p in sorted(sweep_dir.rglob("metrics.json")):
+        rec = _read(p)
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            raise ConfigError(f"{p} lacks {', '.join(missing)}: not a bioplaus-run metrics.json")
+        runs.append({**rec, "status": "ok", "error": "", "_path": p.parent})
+    for p in sorted(sweep_dir.rglob(FAILED)):
+        if not (p.parent / "metrics.json").exists():
+            rec = _read(p)
+            runs.append({"data": "?", "model": "?", "rule": "?", **rec, "status": str(rec.get("status", "error")),
+                         "error": str(rec.get("error", "")), "_path": p.parent})
     if not runs:
         raise ConfigError(f"no metrics.json under {sweep_dir}: did the runs finish? (each run writes one)")
     return runs
+
+
+def swept_keys(sweep_dir: str | Path) -> set[str] | None:
+    """The keys the sweep(s) under sweep_dir swept (comma lists, ranges, sweeper params in multirun.yaml), or None
+    where no multirun.yaml says."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    sweep_dir = Path(sweep_dir)
+    files = [sweep_dir / "multirun.yaml"] if (sweep_dir / "multirun.yaml").is_file() else \
+        sorted(sweep_dir.rglob("multirun.yaml"))
+    if not files:
+        return None
+    parser, keys = OverridesParser.create(), set()
+    for f in files:
+        try:
+            cfg = OmegaConf.load(f)
+            task = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+            params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+            parsed = parser.parse_overrides(task + [f"{k}={v}" for k, v in params.items()])
+        except Exception as e:                     # noqa: BLE001 - a damaged record: name it
+            raise ConfigError(f"{f} cannot be read ({str(e).splitlines()[0]}): the sweep's record is damaged") from None
+        keys |= {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys
+
+
+def check_mix(runs: list[dict], swept: set[str] | None) -> list[str]:
+    """Refuse runs that must not share one table (see the module docstring); return the variant keys: the
+    swept keys that vary besides seeds and labels. Runs without a recorded config and overrides are let be."""
+    recs = [r for r in runs if r.get("overrides") is not None and r.get("config") is not None]
+    maps = [override_map(r["overrides"]) for r in recs]
+    varying = sorted(k for k in set().union(*maps) if len({m.get(k, "<unset>") for m in maps}) > 1)
+    allowed = {"seed"} | (set(GROUPS) if swept is None else swept)
+    bad = [k for k in varying if k not in allowed]
+    if bad:
+        k, v0 = bad[0], maps[0].get(bad[0], "<unset>")
+        i = next(i for i, m in enumerate(maps) if m.get(k, "<unset>") != v0)
+        why = "the sweep did not sweep" if swept is not None else "no multirun.yaml says were swept"
+        raise ConfigError(f"runs differ in {', '.join(bad)}, which {why} (e.g. {k}={v0} in {recs[0]['_path']} vs "
+                          f"{k}={maps[i].get(k, '<unset>')} in {recs[i]['_path']}): two sweeps in one dir are not one "
+                          "comparison; compare them separately")
+    groups: dict[tuple, list[dict]] = {}
+    for r, m in zip(recs, maps):
+        groups.setdefault(tuple(sorted((k, v) for k, v in m.items() if k != "seed")), []).append(r)
+    for rs in groups.values():
+        seen: dict = {}
+        for r in rs:
+            diff = {k: v for k, v in config_diff(rs[0]["config"], r["config"]).items() if k != "seed"}
+            if diff:
+                raise ConfigError(f"{rs[0]['_path']} and {r['_path']} have the same overrides but different configs "
+                                  f"({describe(diff)}): they were made by different versions; compare them "
+                                  "separately")
+            seed = r["config"].get("seed")
+            if seed in seen:
+                raise ConfigError(f"{seen[seed]} and {r['_path']} are the same config and seed {seed}: one run would "
+                                  "count twice; move one away")
+            seen[seed] = r["_path"]
+    return [k for k in varying if k != "seed" and k not in LABELS]
+
+
+def _variant(run: dict, keys: list[str]) -> str:
+    if not keys or run.get("overrides") is None:
+        return ""
+    m = override_map(run["overrides"])
+    return " ".join(f"{k}={m.get(k, '<unset>')}" for k in keys)
 
 
 def _stat(run: dict, key: str) -> float:
@@ -46,16 +152,28 @@ def _mean(xs):
     return statistics.fmean(xs) if xs else float("nan")
 
 
-def table(runs: list[dict]) -> list[dict]:
-    """One row per (data, model, rule), averaged over seeds, with the margin over the control."""
+def _failed_row(r: dict, variant: str) -> dict:
+    """A failed job's row: its labels, status and error line; every number NaN."""
+    row = {k: NAN for k in COLUMNS}
+    row.update(data=r["data"], model=r["model"], rule=r["rule"], seeds=1, epochs=r.get("config", {}).get(
+        "trainer", {}).get("epochs", "") if isinstance(r.get("config"), dict) else "", variant=variant,
+        status=r["status"], error=r["error"], seed=r.get("seed"))
+    return row
+
+
+def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]:
+    """One row per (data, model, rule, variant) of the finished runs, averaged over seeds, with the margin over
+    the control; then one row per failed job."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["data"], r["model"], r["rule"]), []).append(r)
+        if r.get("status", "ok") == "ok":
+            groups.setdefault((r["data"], r["model"], r["rule"], _variant(r, variant_keys or [])), []).append(r)
     rows = []
-    for (data, model, rule), rs in groups.items():
+    for (data, model, rule, variant), rs in groups.items():
         acc = [r["test_acc"] for r in rs]
         rows.append({
-            "data": data, "model": model, "rule": rule, "seeds": len(rs),
+            "data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
+            "seeds": len(rs),
             "test_acc": _mean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "train_acc": _mean([r["train_acc"] for r in rs]),
             "train_time_s": _mean([r["train_time_s"] for r in rs]),
@@ -69,12 +187,13 @@ def table(runs: list[dict]) -> list[dict]:
             "train_energy_mj_per_step": _mean([r.get("train_energy_pj_per_step", float("nan")) * 1e-9 for r in rs]),
             "epochs": rs[0]["epochs"],
         })
-    control = {(r["data"], r["model"]): r["test_acc"] for r in rows if r["rule"] == CONTROL}
+    control = {(r["data"], r["model"], r["variant"]): r["test_acc"] for r in rows if r["rule"] == CONTROL}
     for r in rows:
-        c = control.get((r["data"], r["model"]))
-        r["margin_vs_control"] = r["test_acc"] - c if c is not None else float("nan")
-    rows.sort(key=lambda r: (r["data"], r["model"], r["rule"] == CONTROL, -r["test_acc"]))
-    return rows
+        c = control.get((r["data"], r["model"], r["variant"]))
+        r["margin_vs_control"] = r["test_acc"] - c if c is not None else NAN
+    rows.sort(key=lambda r: (r["data"], r["model"], r["variant"], r["rule"] == CONTROL, -r["test_acc"]))
+    failed = [_failed_row(r, _variant(r, variant_keys or [])) for r in runs if r.get("status", "ok") != "ok"]
+    return rows + sorted(failed, key=lambda r: (r["data"], r["model"], r["rule"], str(r["seed"])))
 
 
 def _si(x: float) -> str:
@@ -87,17 +206,23 @@ def _si(x: float) -> str:
 def to_markdown(rows: list[dict]) -> str:
     head = ("| data | model | rule | seeds | test acc | vs readout_only | train acc | train time (s) "
             "| ms/step | peak mem (MB) | saved for bwd (MB) | energy/sample (µJ) | SOP/sample | MAC/sample "
-            "| firing rate | train energy/step (mJ) | epochs |")
-    lines = [head, "|" + "---|" * 17]
+            "| firing rate | train energy/step (mJ) | epochs | status |")
+    lines = [head, "|" + "---|" * 18]
     for r in rows:
+        rule = f"{r['rule']} ({r['variant']})" if r.get("variant") else r["rule"]
+        if r.get("status", "ok") != "ok":
+            error = str(r["error"]).replace("|", "\\|")
+            lines.append(f"| {r['data']} | {r['model']} | {rule} | seed {r['seed']} |" + " — |" * 12
+                         + f" {r['epochs']} | **{r['status'].upper()}**: {error} |")
+            continue
         margin = "—" if r["margin_vs_control"] != r["margin_vs_control"] or r["rule"] == CONTROL \
             else f"{r['margin_vs_control']:+.4f}"
         std = f" ± {r['test_acc_std']:.4f}" if r["seeds"] > 1 else ""
-        lines.append(f"| {r['data']} | {r['model']} | {r['rule']} | {r['seeds']} | {r['test_acc']:.4f}{std} "
+        lines.append(f"| {r['data']} | {r['model']} | {rule} | {r['seeds']} | {r['test_acc']:.4f}{std} "
                      f"| {margin} | {r['train_acc']:.4f} | {r['train_time_s']:.1f} | {r['time_per_step_ms']:.2f} "
                      f"| {r['peak_mem_mb']:.1f} | {r['saved_for_backward_mb']:.2f} | {r['energy_uj_per_sample']:.3f} "
                      f"| {_si(r['sop_per_sample'])} | {_si(r['mac_per_sample'])} | {r['firing_rate']:.3f} "
-                     f"| {r['train_energy_mj_per_step']:.3f} | {r['epochs']} |")
+                     f"| {r['train_energy_mj_per_step']:.3f} | {r['epochs']} | ok |")
     return "\n".join(lines) + "\n"
 
 
@@ -114,11 +239,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, key, xlabel in ((axes[0], "train_time_s", "training time (s)"),
                             (axes[1], "energy_uj_per_sample", "inference energy per sample (µJ)")):
         for r in rows:
-            if not r[key] == r[key] or r[key] <= 0:          # NaN or zero: nothing to place on a log axis
+            if not r[key] == r[key] or r[key] <= 0 or r.get("status", "ok") != "ok":   # NaN, zero, failed: skip
                 continue
             ax.errorbar(r[key], r["test_acc"], yerr=r["test_acc_std"], fmt="x" if r["rule"] == CONTROL else "o",
                         capsize=3)
-            ax.annotate(f"{r['rule']}\n{r['model']}/{r['data']}", (r[key], r["test_acc"]),
+            label = f"{r['rule']} ({r['variant']})" if r.get("variant") else r["rule"]
+            ax.annotate(f"{label}\n{r['model']}/{r['data']}", (r[key], r["test_acc"]),
                         textcoords="offset points", xytext=(5, 3), fontsize=7)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
@@ -137,7 +263,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def compare(sweep_dir: str | Path, echo: bool = True) -> list[dict]:
     """Write comparison.{md,csv,png} into sweep_dir from its runs; print the table; return the rows."""
     sweep_dir = Path(sweep_dir)
-    rows = table(load_runs(sweep_dir))
+    runs = load_runs(sweep_dir)
+    rows = table(runs, check_mix(runs, swept_keys(sweep_dir)))
     md = to_markdown(rows)
     atomic_write(sweep_dir / "comparison.md", lambda tmp: Path(tmp).write_text(md))
     buf = io.StringIO()
@@ -161,10 +288,13 @@ class CompareCallback(Callback):
     """Hydra callback: at the end of a multirun, write and print the comparison of its sweep dir."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from bioplaus import sweep
+
         try:
             compare(config.hydra.sweep.dir)
         except ConfigError as e:
-            print(f"bioplaus-compare: {e}", file=sys.stderr)
+            print(f"bioplaus-compare: error: {e}", file=sys.stderr)
+            sweep.EXIT = 2
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -9,6 +9,10 @@ class ConfigError(ValueError):
     """A mistake the user can fix: a bad config value, a missing data file, an unsupported pairing."""
 
 
+class DivergedError(ConfigError):
+    """Training diverged (a non-finite value, or a loss that blew up): the run stops with status `diverged`."""
+
+
 class UnsupportedModelError(ConfigError):
     """A rule was paired with a model it cannot train."""
 

@@ -14,8 +14,11 @@ For language-modelling data (`data.task == "lm"`) the job also prints one line: 
 token and bits, beside the unigram baseline.
 
 User mistakes (unknown config names, a rule paired with a model it cannot train, a model whose task
-is not the data's, missing data files, bad values) print one line `bioplaus-run: error: ...` and exit
-with status 2; the failed job's output dir is removed so nothing half-written remains.
+is not the data's, missing or damaged data files, bad values, a device this machine lacks, a run dir that
+cannot be written or holds another run) print one line `bioplaus-run: error: ...` and exit with status 2, all
+before training starts; so does a run that diverges. A run never deletes what it did not create: its run dir
+is guarded by bioplaus.rundir (lock, resume check, cleanup of only its own outputs) and, in a sweep, a failed
+job is recorded and the others run (bioplaus.sweep).
 
 Under torchrun (`torchrun --nproc_per_node=N -m bioplaus.run ...`, trainer.ddp=auto|true) the job trains
 data parallel (bioplaus.distributed): rank 0's run dir is the job's, only rank 0 writes (other ranks get
@@ -41,17 +44,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from bioplaus import __version__, distributed, loggers, stats
+from bioplaus import __version__, checks, distributed, loggers, stats, sweep
 from bioplaus.atomic import atomic_write
 from bioplaus.data import Dataset
 from bioplaus.errors import ConfigError
 from bioplaus.models.base import Layered, model_name
 from bioplaus.neurons.encoding import Encoder
 from bioplaus.rules.base import LearningRule
+from bioplaus.rundir import RunDir
 from bioplaus.stats.energy import EnergyModel
 from bioplaus.train import TrainConfig, train
 
-GROUPS = ("rule", "model", "data", "trainer", "stats", "logger", "experiment", "arm")
+GROUPS = sweep.GROUPS
 
 
 def versions() -> dict[str, str]:
@@ -121,11 +125,11 @@ class Job:
 def build(cfg) -> Job:
     """Seed, device, trainer settings, energy model, data, model and rule from the composed config, every
     pairing checked (`check_fit`): a ConfigError before any training when something does not fit."""
-    seed = int(cfg.seed)
+    seed = checks.seed(cfg.seed)
     seed_everything(seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    device = distributed.local_device(device)
+    device = distributed.local_device(checks.device(cfg.device))
     trainer = TrainConfig(**_instantiate(cfg.trainer, "trainer"))
+    checks.stats(cfg.stats)
     energy = EnergyModel.from_config(cfg.stats.energy)
     data = _instantiate(cfg.data, "data")
     model = _instantiate(cfg.model, "model", **model_kwargs(cfg.model, data))
@@ -173,27 +177,44 @@ def check_fit(model: nn.Module, data: Dataset) -> None:
                              else "pick classification data for it (e.g. data=digits_seq) or another model"))
 
 
-def run(cfg, out_dir: str | Path) -> dict:
+def run(cfg, out_dir: str | Path, record_failure: bool = False, **context) -> dict:
     """Run one job from a composed config; write stats.h5 and metrics.json into out_dir; return metrics.
-    Launched by torchrun, the job trains data parallel and only rank 0 writes, into rank 0's out_dir."""
+    Launched by torchrun, the job trains data parallel and only rank 0 writes, into rank 0's out_dir.
+    record_failure: leave failed.json on failure (sweep jobs); context: Hydra's overrides, hydra_cfg and job_log
+    for bioplaus.rundir.RunDir."""
     with distributed.process_group(cfg.trainer.get("ddp", "auto"), cfg.device):
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, record_failure, **context)
 
 
-def _run(cfg, out_dir: str | Path) -> dict:
-    """build -> check -> train -> report -> write."""
+def _run(cfg, out_dir: str | Path, record_failure: bool = False, **context) -> dict:
+    """The job inside its run dir's guard (bioplaus.rundir: lock, previous-run check, cleanup on failure)."""
     out_dir = Path(distributed.broadcast_object(str(out_dir)))
+    with RunDir(out_dir, cfg, active=distributed.is_main(), record_failure=record_failure, **context) as rd:
+        if rd.finished is not None:
+            print(f"{out_dir}: this run already finished with the same config (metrics.json): nothing to do",
+                  flush=True)
+            return rd.finished
+        return _job(cfg, out_dir, rd)
+
+
+def _job(cfg, out_dir: Path, rd: RunDir) -> dict:
+    """build -> check -> train -> report -> write."""
+    from omegaconf.errors import MissingMandatoryValue
+
     main = distributed.is_main()
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    job = build(cfg)
+    try:
+        job = build(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} must be set (add {e.full_key}=... to the command)") from None
+    rd.labels = {**job.names, "seed": job.seed}
+    rd.write_config()
     log = make_logger(cfg, job, out_dir) if main else loggers.RunLogger()
     metrics = train(job.rule, job.data, job.trainer, seed=job.seed, device=job.device, desc=job.desc,
                     checkpoint=str(out_dir / "checkpoint.pt") if job.trainer.checkpoint else None,
                     on_epoch=log.epoch)
     metrics.update(job.names, seed=job.seed, device=str(job.device), versions=versions(), **job.rule.extra_metrics())
     rep = _report(cfg, job, metrics)
-    metrics.update(rep.metrics())
+    metrics.update(rep.metrics(), **rd.provenance())
     if main:
         rep.write(out_dir)
         write_json(out_dir / "metrics.json", metrics)
@@ -201,6 +222,7 @@ def _run(cfg, out_dir: str | Path) -> dict:
         if job.data.task == "lm":
             print(f"{job.desc}: test_loss {metrics['test_loss']:.4f} nats/token ({metrics['bits_per_char']:.3f} bits) "
                   f"vs unigram {metrics['unigram_loss']:.4f}; test_acc {metrics['test_acc']:.4f}", flush=True)
+    rd.finish(job.trainer.keep_checkpoint)
     return metrics
 
 
@@ -227,7 +249,7 @@ def _report(cfg, job: Job, metrics: dict) -> stats.Report:
     x_stats, reduce = None, None
     n = 0
     if cfg.stats.enabled:
-        n = cfg.stats.n_samples or len(job.data.x_test)
+        n = min(cfg.stats.n_samples or len(job.data.x_test), len(job.data.x_test))
         x_stats, reduce = par.stats_split(job.data.x_test[:n])
     attrs = {**job.names, "seed": job.seed, "n_samples": int(n), "config": OmegaConf.to_yaml(cfg),
              "versions": versions()}
@@ -255,39 +277,37 @@ def check_overrides(argv: list[str]) -> None:
                                   f"(configs/{key}/*.yaml)")
 
 
-def objective(cfg, metrics: dict) -> float | None:
-    """What a job returns to an optimising sweeper (experiment=tune): metrics[cfg.objective], or None."""
+def objective(cfg, metrics: dict | None) -> float | None:
+    """What a job returns to an optimising sweeper (experiment=tune): metrics[cfg.objective], or None. A failed
+    job (metrics None) returns NaN, which Optuna records as a failed trial while the study goes on."""
     key = cfg.get("objective")
     if not key:
         return None
+    if metrics is None:
+        return float("nan")
     if key not in metrics:
         raise ConfigError(f"objective '{key}' is not in metrics.json: use a key it has (e.g. val_acc with "
                           "trainer.val_fraction > 0)")
     return float(metrics[key])
 
 
-def _fail(err: Exception, out_dir: Path | None = None) -> None:
-    print(f"bioplaus-run: error: {err}", file=sys.stderr, flush=True)
-    if out_dir is not None and out_dir.exists():
-        shutil.rmtree(out_dir, ignore_errors=True)
-    sys.exit(2)
-
-
 def _hydra_main():
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf.errors import MissingMandatoryValue
+    from hydra.types import RunMode
 
     @hydra.main(version_base="1.3", config_path="pkg://bioplaus.configs", config_name="config")
     def main(cfg) -> None:
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
-        try:
-            metrics = run(cfg, out_dir)
+        hc = HydraConfig.get()
+        out_dir = Path(hc.runtime.output_dir)
+        context = {"overrides": list(hc.overrides.task), "hydra_cfg": hc, "job_log": f"{hc.job.name}.log"}
+        if hc.mode == RunMode.MULTIRUN:         # a failed job is recorded and the sweep goes on
+            metrics = sweep.run_job(lambda c, d: run(c, d, record_failure=True, **context), cfg, out_dir)
             return objective(cfg, metrics)
-        except MissingMandatoryValue as e:
-            _fail(ConfigError(f"{e.full_key} must be set (add {e.full_key}=... to the command)"), out_dir)
+        try:
+            return objective(cfg, run(cfg, out_dir, **context))
         except ConfigError as e:
-            _fail(e, out_dir)
+            sweep.fail(e)
 
     return main
 
@@ -311,9 +331,12 @@ def cli() -> None:
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as e:
-        _fail(e)
-    sys.argv[1:] = quiet_rank_overrides(sys.argv[1:])
+        sweep.fail(e)
+    # bioplaus.rundir writes .hydra/ itself, once the run dir and the config passed every check
+    sys.argv[1:] = quiet_rank_overrides(sys.argv[1:]) + ["hydra.output_subdir=null"]
     _hydra_main()()
+    if sweep.EXIT:
+        sys.exit(sweep.EXIT)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ training batch on the device, drawn from the run's seeded generator, and never t
 Per epoch: test accuracy through `rule.predict` (and, with `val_fraction` > 0, accuracy and loss on a held-out
 part of the training set: `val_acc`, `val_loss`, what rules that switch or stop on a plateau should read, never
 test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer), an optional checkpoint, a tqdm progress bar.
-A non-finite loss or gradient stops the run with a ConfigError naming the epoch and step (never trains
-through NaNs).
+A non-finite loss or gradient stops the run with a DivergedError naming the epoch and step (never trains
+through NaNs), and so does a finite loss that blows up (`trainer.divergence`, bioplaus.divergence: past a multiple
+of the first update's loss, or test accuracy at chance while the loss grew).
 
 Everything measured about the run (time, memory, the first update's ops, passes and saved bytes) is the
 `bioplaus.stats.TrainingMeter`'s; data-parallel training is behind one object from
@@ -34,6 +35,7 @@ ranks (passes, saved_for_backward_mb, time and memory are this process's).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +48,8 @@ from tqdm.auto import tqdm
 from bioplaus import checkpoint as ckpt
 from bioplaus import distributed
 from bioplaus.data import IGNORE_INDEX, Dataset, batches
-from bioplaus.errors import ConfigError
+from bioplaus.divergence import Divergence
+from bioplaus.errors import ConfigError, DivergedError
 from bioplaus.rules.base import LearningRule
 from bioplaus.stats.cost import TrainingMeter
 
@@ -67,26 +70,58 @@ class TrainConfig:
     lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
     progress: bool = True
     checkpoint: bool = False         # save an epoch checkpoint in the run dir; a rerun in that dir resumes
+    keep_checkpoint: bool = False    # keep it after the run finished (a later run may then add epochs)
     ddp: str | bool = "auto"         # data parallel under torchrun: auto (WORLD_SIZE > 1) | true | false
     val_fraction: float = 0.0        # hold out this fraction of the training set (a seeded permutation, not
                                      # stratified); epoch rows then carry val_acc / val_loss
+    divergence: dict | None = field(default_factory=dict)   # bioplaus.divergence settings; null = off
     optimizer: Callable[..., torch.optim.Optimizer] = field(
         default_factory=lambda: (lambda params: torch.optim.Adam(params, lr=1e-3)))
 
     def __post_init__(self):
-        if int(self.epochs) < 0:
-            raise ConfigError(f"trainer.epochs must be >= 0, got {self.epochs}")
-        for name in ("batch_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= float(self.val_fraction) < 1.0:
+        self.epochs = _number("epochs", self.epochs, int, 0)
+        self.batch_size = _number("batch_size", self.batch_size, int, 1)
+        self.eval_batch_size = _number("eval_batch_size", self.eval_batch_size, int, 1)
+        self.val_fraction = _number("val_fraction", self.val_fraction, float, 0.0)
+        if not self.val_fraction < 1.0:
             raise ConfigError(f"trainer.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"unknown trainer.lr_schedule '{self.lr_schedule}': choose one of "
                               f"{', '.join(SCHEDULES)}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
+        if self.grad_clip is not None and _number("grad_clip", self.grad_clip, float, -math.inf) <= 0:
             raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {self.grad_clip}")
+        for name in ("progress", "checkpoint", "keep_checkpoint"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"trainer.{name} must be true or false, got {getattr(self, name)!r}")
         self.ddp = distributed.parse_mode(self.ddp)
+        Divergence.from_config(self.divergence)
+        check_optimizer(self.optimizer)
+
+
+def _number(name: str, value, kind: type, low: float):
+    """trainer.<name> as an int or float >= low, or a ConfigError naming the setting."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (kind is int and float(value) != int(value)):
+        raise ConfigError(f"trainer.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if value < low:
+        raise ConfigError(f"trainer.{name} must be >= {low:g}, got {value}")
+    return kind(value)
+
+
+def check_optimizer(make: Callable) -> None:
+    """A configured optimizer (a partial of a torch.optim class, as `_partial_: true` gives) is built once on a
+    dummy parameter, so a bad setting (lr=-1, betas out of range, an unknown argument) is one ConfigError before
+    training instead of a traceback at the first epoch. Other callables are the caller's own and left alone."""
+    func = getattr(make, "func", None)
+    if not (isinstance(make, functools.partial) and isinstance(func, type) and issubclass(func, torch.optim.Optimizer)):
+        return
+    lr = make.keywords.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))):
+        raise ConfigError(f"trainer.optimizer.lr must be a number, got {lr!r}")
+    try:
+        make([nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad trainer.optimizer settings for {func.__name__}: {e}") from None
 
 
 @torch.no_grad()
@@ -140,7 +175,7 @@ def check_finite(logs: dict, params: list[nn.Parameter], epoch: int, step: int) 
     if not bad and "loss" not in logs and any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
         bad = ["gradient"]
     if bad:
-        raise ConfigError(f"training diverged at epoch {epoch} step {step}: non-finite {', '.join(bad)}; "
+        raise DivergedError(f"training diverged at epoch {epoch} step {step}: non-finite {', '.join(bad)}; "
                           "lower the learning rate (trainer.optimizer.lr) or set trainer.grad_clip")
 
 
@@ -183,6 +218,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     par.start(rule, int(cfg.batch_size))
     opt = _Optimizer(rule, cfg, int(cfg.epochs) * math.ceil(len(x_train) / int(cfg.batch_size)))
     meter = TrainingMeter(rule, device)
+    watch = Divergence.from_config(cfg.divergence)
     history, steps, start = [], 0, 0
     if checkpoint is not None and (ck := ckpt.load(checkpoint)) is not None:
         rule.load_state_dict(ck["rule"])
@@ -191,6 +227,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         ckpt.set_rng_state(ck["rng"], gen)
         steps, history, start = ck["steps"], ck["history"], ck["epoch"] + 1
         meter.load_state(ck["meter"])
+        watch.load_state(ck.get("divergence"))
         if par.is_main():
             print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
     eval_bs = int(cfg.eval_batch_size)
@@ -209,6 +246,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                         logs = rule.assign_credit(xb.to(device), yb.to(device)) if len(xb) else {}
                     logs = par.reduce(opt.params, logs, n_local, n_global)
                     check_finite(logs, opt.params, epoch, steps)
+                    watch.update(logs, epoch, steps)
                     opt.step(steps)
                     steps += 1
                     loss_sum += logs.get("loss", float("nan")) * n_global
@@ -220,6 +258,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if x_val is not None:
                 row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par)
             history.append(row)
+            watch.epoch_end(row, epoch + 1, data.n_classes, data.task)
             if on_epoch is not None:
                 on_epoch(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
@@ -229,7 +268,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if checkpoint is not None and par.is_main():
                 ckpt.save(checkpoint, {"epoch": epoch, "rule": rule.state_dict(), "optimizer": opt.opt.state_dict(),
                                        "rng": ckpt.rng_state(gen), "steps": steps, "history": history,
-                                       "meter": meter.state()})
+                                       "meter": meter.state(), "divergence": watch.state()})
     bar.close()
     test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par)
     return {

@@ -1,5 +1,6 @@
 """Checkpoint and resume: a run killed mid-training (SIGKILL) and rerun in the same directory ends with
-exactly the metrics of an uninterrupted run with the same seed; checkpoints are written atomically."""
+exactly the metrics of an uninterrupted run with the same seed, and with exactly its files (no stale lock, temporary
+file or checkpoint left); checkpoints are written atomically."""
 import json
 import signal
 import subprocess
@@ -47,6 +48,11 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert got["history"] == ref["history"]                      # every epoch's loss and accuracy, exactly
     assert (got["test_acc"], got["train_acc"], got["steps"]) == (ref["test_acc"], ref["train_acc"], ref["steps"])
     assert got["saved_for_backward_mb"] == ref["saved_for_backward_mb"] > 0
+    # no orphans: the same files as the uninterrupted run; the finished run's checkpoint, the killed run's lock and
+    # any temporary file it left are gone
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert files == sorted(str(p.relative_to(tmp_path / "whole")) for p in (tmp_path / "whole").rglob("*"))
+    assert "checkpoint.pt" not in files and not any(f.endswith((".tmp", ".lock")) for f in files)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

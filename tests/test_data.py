@@ -30,7 +30,7 @@ def test_idx_loader_reads_what_was_written(tmp_path, gz):
     for k, a in arrays.items():
         _write_idx(tmp_path / (IDX_FILES[k] + (".gz" if gz else "")), a, gz)
     d = idx_dataset("tiny", tmp_path, n_train=5)
-    assert d.x_train.shape == (5, 1, 5, 4) and d.n_classes == 3
+    assert d.x_train.shape == (5, 1, 5, 4) and d.n_classes == 10          # MNIST-format: 10 classes, not inferred
     np.testing.assert_allclose(d.x_train[:, 0].numpy() * 255, arrays["train_x"][:5], atol=1e-4)
     assert d.y_test.tolist() == [0, 1, 2]
     assert read_idx(tmp_path / (IDX_FILES["test_y"] + (".gz" if gz else ""))).tolist() == [0, 1, 2]

@@ -31,9 +31,9 @@ BELOW = {
     "run": {"base", "kernels", "neurons", "blocks", "models", "data", "rules", "stats", "train"},
     "export": {"base", "kernels", "neurons", "blocks", "models", "data", "rules", "stats", "train", "run"},
 }
-TOP = {"errors": "base", "atomic": "base", "checkpoint": "train", "distributed": "train", "train": "train",
-       "aggregate": "run",
-       "run": "run", "compare": "run", "loggers": "run"}
+TOP = {"errors": "base", "atomic": "base", "checkpoint": "train", "distributed": "train", "divergence": "train",
+       "train": "train", "run": "run", "checks": "run", "rundir": "run", "sweep": "run", "compare": "run",
+       "aggregate": "run", "loggers": "run"}
 
 
 def modules() -> dict[str, Path]:

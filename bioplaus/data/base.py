@@ -51,6 +51,14 @@ class Dataset:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"unknown data task '{self.task}': choose one of {', '.join(TASKS)}")
+        for part in ("train", "test"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            if len(x) != len(y):
+                raise ConfigError(f"data {self.name}: {len(x)} {part} samples but {len(y)} {part} labels")
+            scored = y[y != IGNORE_INDEX]
+            if scored.numel() and not 0 <= int(scored.min()) <= int(scored.max()) < self.n_classes:
+                raise ConfigError(f"data {self.name}: {part} labels span {int(scored.min())}..{int(scored.max())}, "
+                                  f"outside 0..{self.n_classes - 1} for {self.n_classes} classes")
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -80,7 +88,7 @@ def subset(n: int | None, total: int, what: str) -> int:
     """How many of `total` items a `data.n_*` setting keeps (None = all), or a ConfigError out of range."""
     if n is None:
         return total
-    if not 1 <= int(n) <= total:
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or float(n) != int(n) or not 1 <= int(n) <= total:
         raise ConfigError(f"{what}={n} is out of range: choose 1..{total} (or null for all)")
     return int(n)
 

@@ -31,17 +31,28 @@ from bioplaus.errors import ConfigError
 DEFAULT_SRAM = ((8192, 10.0), (32768, 20.0), (1048576, 100.0))
 
 
+def _number(value, key: str) -> float:
+    """A preset field as a number, or a ConfigError naming stats.energy.<key>."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"stats.energy.{key} must be a number, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class MemoryModel:
     sram_pj_per_64b: tuple[tuple[float, float], ...] = DEFAULT_SRAM
     dram_pj_per_64b: float = 1300.0
 
     def __post_init__(self):
-        pts = tuple((float(b), float(e)) for b, e in self.sram_pj_per_64b)
+        try:
+            pts = tuple((_number(b, "memory.sram_pj_per_64b"), _number(e, "memory.sram_pj_per_64b"))
+                        for b, e in self.sram_pj_per_64b)
+        except (TypeError, ValueError):
+            pts = ()
         if not pts or any(b <= 0 or e < 0 for b, e in pts) or list(pts) != sorted(pts):
             raise ConfigError("stats.energy.memory.sram_pj_per_64b must be [[bytes, pJ], ...] with positive, "
                               f"increasing sizes and non-negative costs, got {self.sram_pj_per_64b}")
-        if self.dram_pj_per_64b < 0:
+        if _number(self.dram_pj_per_64b, "memory.dram_pj_per_64b") < 0:
             raise ConfigError(f"stats.energy.memory.dram_pj_per_64b must be >= 0, got {self.dram_pj_per_64b}")
         object.__setattr__(self, "sram_pj_per_64b", pts)
 
@@ -70,16 +81,25 @@ class EnergyModel:
     memory: MemoryModel | None = field(default_factory=MemoryModel)
 
     def __post_init__(self):
-        if int(self.bits) not in (1, 2, 4, 8, 16, 32, 64):
+        if not isinstance(self.name, str):
+            raise ConfigError(f"stats.energy.name must be a string, got {self.name!r}")
+        if _number(self.bits, "bits") not in (1, 2, 4, 8, 16, 32, 64):
             raise ConfigError(f"stats.energy.bits must be a power of two up to 64, got {self.bits}")
         for k in ("mac_pj", "ac_pj"):
-            if float(getattr(self, k)) < 0:
+            if _number(getattr(self, k), k) < 0:
                 raise ConfigError(f"stats.energy.{k} must be >= 0, got {getattr(self, k)}")
+        nu = self.neuron_update
+        if not isinstance(nu, dict) or set(nu) - {"macs", "acs"} or any(_number(v, f"neuron_update.{k}") < 0
+                                                                         for k, v in nu.items()):
+            raise ConfigError("stats.energy.neuron_update must be {macs: N, acs: N} with N >= 0, got "
+                              f"{self.neuron_update!r}")
         if isinstance(self.memory, dict):
             try:
                 object.__setattr__(self, "memory", MemoryModel(**self.memory))
             except TypeError as e:
                 raise ConfigError(f"bad stats.energy.memory settings: {e}") from None
+        elif self.memory is not None and not isinstance(self.memory, MemoryModel):
+            raise ConfigError(f"stats.energy.memory must be a mapping or null, got {self.memory!r}")
 
     @property
     def update_pj(self) -> float:

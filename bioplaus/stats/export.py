@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bioplaus.atomic import atomic_write
+from bioplaus.errors import ConfigError
 
 UNITS = {
     "spike_counts": "spikes/sample/step", "n_neurons": "neurons", "firing_rate": "spikes/neuron/step",
@@ -49,15 +50,32 @@ def write_h5(path: str | Path, layers: dict[str, dict], summary: dict, attrs: di
 
 
 def load(path: str | Path) -> dict:
-    """Read a stats.h5 into {"attrs": {...}, "layers": {name: {key: array|scalar}}, "summary": {...}}."""
+    """Read a stats.h5 into {"attrs": {...}, "layers": {name: {key: array|scalar}}, "summary": {...}}.
+    A missing file, a file that is not HDF5 (or is cut short) and an HDF5 file without the `layers` and `summary`
+    groups of a bioplaus stats.h5 each raise one ConfigError naming the file."""
     import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (bioplaus-run writes stats.h5 into each run dir)")
 
     def read(group):
         return {k: (v[()] if v.shape == () else v[:]) for k, v in group.items()}
 
-    with h5py.File(path, "r") as f:
-        return {"attrs": dict(f.attrs), "layers": {n: read(g) for n, g in f["layers"].items()},
-                "summary": read(f["summary"])}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ConfigError(f"{path} is not a readable HDF5 file ({str(e).splitlines()[0]}): give a stats.h5 "
+                          "written by bioplaus-run") from None
+    with f:
+        missing = [g for g in ("layers", "summary") if not isinstance(f.get(g), h5py.Group)]
+        if missing:
+            raise ConfigError(f"{path} is HDF5 but has no {' or '.join(missing)} group: not a bioplaus stats.h5")
+        try:
+            return {"attrs": dict(f.attrs), "layers": {n: read(g) for n, g in f["layers"].items()},
+                    "summary": read(f["summary"])}
+        except (OSError, AttributeError, KeyError) as e:
+            raise ConfigError(f"{path} is damaged or not a bioplaus stats.h5 ({e})") from None
 
 
 def write_flat(run_dir: str | Path, layers: dict[str, dict], summary: dict, attrs: dict) -> None:
