@@ -119,8 +119,9 @@ class EquilibriumPropagation(LearningRule):
         self.step = RelaxationStep()
         self._idx0 = None
         self.updates = 0
-        # steps taken: [phases, steps] for free / nudged / inference phases; gradient cosines of this epoch
-        self.register_buffer("steps_taken", torch.zeros(3, 2, dtype=torch.float64))
+        # steps taken: [phases, steps] for free / nudged / inference phases (a statistic, not checkpointed);
+        # the gradient cosines of this epoch
+        self.register_buffer("steps_taken", torch.zeros(3, 2, dtype=torch.float64), persistent=False)
         self.cosines: list[list[float]] = []
         self.cosine_history: list[dict] = []
 

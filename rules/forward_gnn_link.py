@@ -3,7 +3,7 @@
 A mixin of `bioplaus.rules.forward_gnn.ForwardGNN` for link data (bioplaus.data.links: x [B, 2] node pairs, y [B]
 1 = edge, 0 = sampled non-edge; the model's graph holds the training edges only). No virtual nodes: every layer
 embeds the nodes from its own normalised, detached input over the training graph and scores a pair by its
-embeddings' Hadamard product o = z_l[u] * z_l[v] [B, d_l]:
+embeddings' Hadamard product o = z_l[u] * z_l[v], of shape [B, d_l]:
 
     sf (the authors' "FL-CE"):  s_l = sum_j o_j            loss_l = BCE-with-logits(s_l, y)
     ff (Forward-Forward):       s_l = sum_j o_j^2 - theta  loss_l = mean_pos BCE(s_l, 1) + mean_neg BCE(s_l, 0)

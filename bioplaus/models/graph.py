@@ -150,8 +150,8 @@ class GNN(Layered):
         return out
 
     def readout(self, h: Tensor, x: Tensor) -> Tensor:
-        """Features of the requested samples from node embeddings h [V', d]: h[ids] [B, d] (classify) or the
-        Hadamard product of the pair's embeddings h[u] * h[v] [B, d] (link)."""
+        """Features [B, d] of the requested samples from node embeddings h [V', d]: the rows h[ids] (classify) or
+        the Hadamard product of each pair's embeddings, h[u] * h[v] (link)."""
         x = self.check_ids(x)
         return h[x] if self.task == "classify" else h[x[:, 0]] * h[x[:, 1]]
 
