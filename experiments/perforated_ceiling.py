@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     args = ap.parse_args()
     data = digits()
-    print("| seed | layer | live input dims | best fitted |corr| | random |corr| | ceiling ratio |\n|---|---|---|---|---|---|")
+    print("| seed | layer | live input dims | best fitted |corr| | random |corr| | ceiling ratio |")
+    print("|---|---|---|---|---|---|")
     for seed in args.seeds:
         torch.manual_seed(seed)
         rule = Perforated(MLP([1, 8, 8], 10, hidden=[4]), max_dendrites=0)          # the plain net, wrapped
