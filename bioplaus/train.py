@@ -97,8 +97,8 @@ def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: 
     """(accuracy, mean cross-entropy in nats per target) of `rule.predict`, model in eval mode, over every
     target that is not IGNORE_INDEX: logits [B, C] with y [B], or per token [B, L, V] with y [B, L].
     par: the parallel hooks (data parallel: each rank evaluates its shard and the counts are summed).
-    outputs: a list to which every batch's logits are appended (on the CPU), for `Dataset.output_metrics`
-    (data parallel: this rank's shard only)."""
+    outputs: a list to which every batch's (logits, targets) are appended (on the CPU), for
+    `Dataset.output_metrics` (data parallel: this rank's shard only)."""
     par = par or distributed.Local()
     x, y = par.shard(x, y)
     was_training = rule.training
@@ -107,7 +107,7 @@ def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: 
     for xb, yb in batches(x, y, batch_size):
         logits = rule.predict(xb.to(device))
         if outputs is not None:
-            outputs.append(logits.detach().float().cpu())
+            outputs.append((logits.detach().float().cpu(), yb))
         keep = yb != IGNORE_INDEX
         correct += ((logits.argmax(-1).cpu() == yb) & keep).sum().item()
         total += keep.sum().item()
@@ -223,11 +223,11 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             out = data.keep_outputs()
             test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
             row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc,
-                   **data.task_metrics(test_loss, per_epoch=True), **data.output_metrics(out, data.y_test, "test")}
+                   **data.task_metrics(test_loss, per_epoch=True), **data.output_metrics(out, "test")}
             if x_val is not None:
                 out = data.keep_outputs()
                 row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par, out)
-                row.update(data.output_metrics(out, y_val, "val"))
+                row.update(data.output_metrics(out, "val"))
             history.append(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
             if rule.on_epoch_end(epoch, row):
@@ -243,7 +243,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     return {
         "test_acc": test_acc,
         **data.task_metrics(test_loss),
-        **data.output_metrics(out, data.y_test, "test"),
+        **data.output_metrics(out, "test"),
         "train_acc": accuracy(rule, x_train, y_train, eval_bs, device, par),
         **({"val_acc": history[-1]["val_acc"]} if x_val is not None and history else {}),
         "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),

@@ -10,8 +10,9 @@ x [N, 2] node pairs, y [N] 1 = an edge, 0 = a sampled non-edge; logits [N, 2], b
 `task_metrics(test_loss)` adds what a task reports beside accuracy: for "lm" the loss in bits per character and
 the unigram baseline (the test cross-entropy of a model that ignores its input). A task that needs every output
 of an evaluation, not only the summed loss, asks for them (`keep_outputs()` returns a list the trainer's
-`evaluate` fills with the logits) and turns them into metrics in `output_metrics`: for "link" the ROC AUC of
-the edge score logit[1] - logit[0] (`{split}_auc`), the paper's metric.
+`evaluate` fills with (logits, targets) per batch) and turns them into metrics in `output_metrics`: for "link"
+the ROC AUC of the edge score logit[1] - logit[0] (`{split}_auc`), the paper's metric (under data parallel, of
+the rank's shard).
 """
 from __future__ import annotations
 
@@ -70,16 +71,16 @@ class Dataset:
                 "unigram_loss": unigram_loss(self.y_train, self.y_test, self.n_classes)}
 
     def keep_outputs(self) -> list | None:
-        """A list for the trainer's evaluate to append every batch's logits to, when this task's metrics need them
-        (link), else None (nothing is kept)."""
+        """A list for the trainer's evaluate to append every batch's (logits, targets) to, when this task's metrics
+        need them (link), else None (nothing is kept)."""
         return [] if self.task == "link" else None
 
-    def output_metrics(self, outputs: list | None, y: Tensor, split: str) -> dict:
-        """Metrics from every output of one evaluation (`outputs`: the logits batches, y [N] the targets). link:
+    def output_metrics(self, outputs: list | None, split: str) -> dict:
+        """Metrics from every output of one evaluation (`outputs`: (logits [b, 2], y [b]) per batch). link:
         {split}_auc, the ROC AUC of the score logit[1] - logit[0] against y (0.5: chance). Others: {}."""
         if not outputs:
             return {}
-        scores = torch.cat(outputs)
+        scores, y = (torch.cat(t) for t in zip(*outputs))
         return {f"{split}_auc": roc_auc(scores[:, 1] - scores[:, 0], y)}
 
     def __repr__(self) -> str:
