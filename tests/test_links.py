@@ -131,3 +131,19 @@ def test_graph_holds_training_edges_only_for_any_graph():
     ring = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
     d = link_split("ring", x, torch.cat([ring, ring.flip(0)], 1), test_fraction=0.34, seed=1)
     assert isinstance(d.graph, Graph) and d.graph.num_edges == 2 * 4 and len(d.x_test) == 4
+
+
+def test_pyg_link_splits_a_saved_graph_file(tmp_path):
+    """data=pyg_link reads the same files as data=pyg (here a torch.save'd Data) and splits its edges."""
+    from torch_geometric.data import Data
+
+    from bioplaus.data.links import pyg_link
+
+    g = sbm_link(n_nodes=120, n_features=8, normalize_features=False)
+    edges = torch.cat([g.graph.edge_index, g.x_test[g.y_test == 1].t(), g.x_test[g.y_test == 1].t().flip(0)], 1)
+    torch.save(Data(x=g.graph.x, edge_index=edges, y=torch.zeros(120, dtype=torch.long)), tmp_path / "g.pt")
+    d = pyg_link(str(tmp_path / "g.pt"), test_fraction=0.25, seed=3)
+    assert d.name == "g_link" and d.graph.x.shape == (120, 8)
+    assert len(undirected_pairs(d.graph.edge_index)) + (d.y_test == 1).sum() == len(undirected_pairs(edges))
+    with pytest.raises(ConfigError, match="data=pyg: missing"):
+        pyg_link(str(tmp_path / "nowhere"))

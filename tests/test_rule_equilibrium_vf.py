@@ -41,6 +41,25 @@ def test_feedback_runs_through_the_backward_weights(digits):
     assert all(torch.allclose(a, b) for a, b in zip(tied, sym.free_phase(x)))
 
 
+def test_conv_vf_mirrors_every_conv_and_ties_back_to_symmetric_ep(digits):
+    """ConvNet (norm none): B mirrors each conv (its own max-pool indices) and the dense head; with B = W the free
+    phase is symmetric EP's; an update fills every forward and backward weight's gradient."""
+    from bioplaus.models import ConvNet
+
+    torch.manual_seed(0)
+    rule = EP(ConvNet([1, 8, 8], 10, channels=[4, 8], norm="none"), asymmetric=True, T1=10, T2=4)
+    assert [tuple(b.weight.shape) for b in rule.backward_weights] == [(8, 4, 3, 3), (10, 32)]
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    rule.zero_grad()
+    rule.assign_credit(x, y)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rule.trainable_parameters())
+    with torch.no_grad():
+        for b, s in zip(rule.backward_weights, rule.synapses[1:]):
+            b.weight.copy_(s.module.weight)
+    sym = EP(rule.model, T1=10)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rule.free_phase(x), sym.free_phase(x)))
+
+
 def test_vf_update_is_the_postsynaptic_change_times_the_free_presynaptic_state(digits):
     """Dense, symmetric nudging: grad W_l = -mean_b (s_(l+1)^+ - s_(l+1)^-) (s_l^0)^T / 2 beta, grad b_l likewise,
     grad B_l = -mean_b (s_l^+ - s_l^-) (s_(l+1)^0)^T / 2 beta."""
