@@ -1,10 +1,13 @@
 """The training loop: the same optimizer, clipping, schedule and evaluation for every rule.
 
-Per step: zero grads -> `rule.assign_credit(x, y)` (fills .grad) -> optional clipping -> learning rate
+Per step: zero grads -> `rule.assign_credit(x, y)` (fills .grad) -> optional clipping (of all gradients
+together, or with `grad_clip_groups` of each of the rule's parameter groups on its own, as two optimizers with
+their own clipping would: counter-current learning's official setting) -> learning rate
 from the schedule (cosine decay to 0 over the run by default) -> optimizer step.
 Training batches come from `bioplaus.data.batches` over data.x_train (a tensor or a memory-mapped MappedArray,
 read a batch at a time); a dataset's `augment` (e.g. CIFAR's random crop and flip) is applied to each global
 training batch on the device, drawn from the run's seeded generator, and never to evaluation.
+Before the first epoch `rule.on_train_start(epochs)` tells the rule its budget.
 Per epoch: test accuracy through `rule.predict` (and, with `val_fraction` > 0, accuracy and loss on a held-out
 part of the training set: `val_acc`, `val_loss`, what rules that switch or stop on a plateau should read, never
 test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer), an optional checkpoint, a tqdm progress bar.
@@ -20,7 +23,8 @@ Everything measured about the run (time, memory, the first update's ops, passes 
 `train` returns the metrics dict that `bioplaus-run` writes to metrics.json:
 test_acc, train_acc, best_test_acc, steps, epochs, val_acc (last epoch's, when trainer.val_fraction > 0),
 history (per-epoch loss / test_acc / ...), the task's own metrics (`Dataset.task_metrics`: for language
-modelling test_loss in nats per token, bits_per_char and the unigram baseline) and the meter's cost metrics
+modelling test_loss in nats per token, bits_per_char and the unigram baseline; for link prediction test_auc, and
+val_auc in the epoch rows, from every output of the evaluation: `Dataset.output_metrics`) and the meter's cost metrics
 (train_time_s, time_per_step_ms, peak_mem_mb, saved_for_backward_mb, held_for_backward_peak_mb,
 passes_per_update, train_mac_per_step, train_ac_per_step; see bioplaus.stats.cost).
 
@@ -67,6 +71,7 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 1000
     grad_clip: float | None = None
+    grad_clip_groups: bool = False   # clip each of the rule's parameter groups to grad_clip on its own
     lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
     progress: bool = True
     checkpoint: bool = False         # save an epoch checkpoint in the run dir; a rerun in that dir resumes
@@ -126,10 +131,12 @@ def check_optimizer(make: Callable) -> None:
 
 @torch.no_grad()
 def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
-             par: distributed.Local | None = None) -> tuple[float, float]:
+             par: distributed.Local | None = None, outputs: list | None = None) -> tuple[float, float]:
     """(accuracy, mean cross-entropy in nats per target) of `rule.predict`, model in eval mode, over every
     target that is not IGNORE_INDEX: logits [B, C] with y [B], or per token [B, L, V] with y [B, L].
-    par: the parallel hooks (data parallel: each rank evaluates its shard and the counts are summed)."""
+    par: the parallel hooks (data parallel: each rank evaluates its shard and the counts are summed).
+    outputs: a list to which every batch's (logits, targets) are appended (on the CPU), for
+    `Dataset.output_metrics` (data parallel: this rank's shard only)."""
     par = par or distributed.Local()
     x, y = par.shard(x, y)
     was_training = rule.training
@@ -137,6 +144,8 @@ def evaluate(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: 
     correct, total, loss = 0, 0, 0.0
     for xb, yb in batches(x, y, batch_size):
         logits = rule.predict(xb.to(device))
+        if outputs is not None:
+            outputs.append((logits.detach().float().cpu(), yb))
         keep = yb != IGNORE_INDEX
         correct += ((logits.argmax(-1).cpu() == yb) & keep).sum().item()
         total += keep.sum().item()
@@ -195,7 +204,9 @@ class _Optimizer:
 
     def step(self, steps: int) -> None:
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            groups = [g["params"] for g in self.opt.param_groups] if self.cfg.grad_clip_groups else [self.params]
+            for params in groups:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         for g, lr in zip(self.opt.param_groups, self.base_lr):
             g["lr"] = lr * self.schedule(steps, self.total)
         self.opt.step()
@@ -231,6 +242,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         if par.is_main():
             print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
     eval_bs = int(cfg.eval_batch_size)
+    rule.on_train_start(int(cfg.epochs))
     bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress or not par.is_main(), leave=False,
                dynamic_ncols=True, initial=start, total=int(cfg.epochs))
     with meter.run():
@@ -252,11 +264,14 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                     loss_sum += logs.get("loss", float("nan")) * n_global
                     n += n_global
             par.sync_buffers(rule)
-            test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par)
+            out = data.keep_outputs()
+            test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
             row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc,
-                   **data.task_metrics(test_loss, per_epoch=True)}
+                   **data.task_metrics(test_loss, per_epoch=True), **data.output_metrics(out, "test")}
             if x_val is not None:
-                row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par)
+                out = data.keep_outputs()
+                row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par, out)
+                row.update(data.output_metrics(out, "val"))
             history.append(row)
             watch.epoch_end(row, epoch + 1, data.n_classes, data.task)
             if on_epoch is not None:
@@ -270,10 +285,12 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                                        "rng": ckpt.rng_state(gen), "steps": steps, "history": history,
                                        "meter": meter.state(), "divergence": watch.state()})
     bar.close()
-    test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par)
+    out = data.keep_outputs()
+    test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
     return {
         "test_acc": test_acc,
         **data.task_metrics(test_loss),
+        **data.output_metrics(out, "test"),
         "train_acc": accuracy(rule, x_train, y_train, eval_bs, device, par),
         **({"val_acc": history[-1]["val_acc"]} if x_val is not None and history else {}),
         "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),

@@ -23,6 +23,8 @@ changes:
     extra_metrics()      what the rule reports about itself in metrics.json (e.g. dendrite growth)
     parallel_split       "batch" (data parallel: each rank a share of the batch) or "blocks" (each rank a
                          share of the rule's own blocks, set by `set_partition(rank, world)`)
+    on_train_start(epochs) the epoch budget, once before the first epoch (also on resume), for schedules that
+                         depend on it (no dendrite growth in the last epochs, reloading the best layer at the end)
     on_epoch_end(...)    True when the parameter set changed (the trainer rebuilds its optimizer)
 
 `check_choice` and `check_positive` validate hyperparameters with one clear message. What an update costs
@@ -109,6 +111,10 @@ class LearningRule(nn.Module, metaclass=abc.ABCMeta):
         passes do not run that module as a whole (EP's relaxation steps) returns the module that runs once per
         pass."""
         return self.model.layers[0] if isinstance(self.model, Layered) else None
+
+    def on_train_start(self, epochs: int) -> None:
+        """Called by the trainer once before the first epoch (and again when a run resumes) with the run's epoch
+        budget, so a schedule can plan for the end of the run. Default: nothing."""
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """Called after each epoch's evaluation; return True if the parameter set changed."""

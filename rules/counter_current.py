@@ -16,11 +16,19 @@ Y = onehot(y) [B, C], and ^ marks row-L2-normalised rows:
     normalize=both (official CNN):  L_l = scale_c * MSE(A^_l C^_l^T, Y)
     normalize=none (official MLP):  L_l = scale_c * 256 / D_l * MSE(A_l C_l^T, Y)
     normalize=auto (default):       both for ConvNet, feedback otherwise
+    normalize=official:             what the official code does per model: both for ConvNet, none otherwise
     scale_ssl > 0 adds scale_ssl * [MSE(C^ C^T, I_C) (+ MSE(A^ A^T, I_B) with normalize=both)]
 
 The sum runs over l = 0..L. At l = 0 the pair is (x, c_0), which trains only the bottom feedback map.
 Cross-entropy on head(a_L.detach()) trains the head. With filter_target > 0, a sample whose softmax
 probability for its class is already within filter_target of 1 is dropped from the pair losses.
+The official settings per model (`OFFICIAL`, from IandRover/CCL-NeurIPS24: yaml/mlp/*_ccl.yaml,
+yaml/cnn/cifar10_ccl.yaml, utils/loss.py) fill scale_ssl, filter_target and grad_centralization when they are
+null (configs/rule/ccl_paper.yaml): MLP 0 / 0 / off, ConvNet 0.5 / 0.2 / on. grad_centralization subtracts from
+each weight gradient its mean over the output unit's inputs (the official `gradient_centralization`, on the
+gradients this rule writes). The official code steps the two nets with two SGD optimisers at lr 1, each clipped to
+its own norm: here the trainer's one optimizer sees two groups (forward, feedback; `param_groups`) and
+trainer.grad_clip_groups clips each on its own (configs/trainer/ccl_paper.yaml).
 Row normalisation matters. The scale of A C^T is shared between the two nets and drifts, and
 normalising the prototypes pins it. Without it (normalize=none), the spiking MLP ends below the
 readout_only control on digits (0.908 against 0.933; 0.950 with feedback). MLP on Fashion-10k: feedback
@@ -56,7 +64,11 @@ from bioplaus.models import MLP, ConvNet, SpikingMLP
 from bioplaus.rules.base import LearningRule, check_choice
 
 TASKS = ("classify", "autoencode")
-NORMALIZE = ("auto", "feedback", "both", "none")
+NORMALIZE = ("auto", "feedback", "both", "none", "official")
+OFFICIAL = {   # per model: normalize, scale_ssl, filter_target, grad_centralization (the official yaml / loss code)
+    "mlp": ("none", 0.0, 0.0, False),        # yaml/mlp/*_ccl.yaml: C2Loss_Classification, filter_target 0., GradC 0
+    "convnet": ("both", 0.5, 0.2, True),     # yaml/cnn/cifar10_ccl.yaml: loss_scale_ssl 0.5, filter_target 0.2, GradC 1
+}
 ACTIVATIONS = {"elu": F.elu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda z: z}
 
 
@@ -99,12 +111,19 @@ class CounterCurrent(LearningRule):
     supported_models = (MLP, ConvNet, SpikingMLP)
 
     def __init__(self, model, task: str = "classify", normalize: str = "auto", scale_c: float = 1.0,
-                 scale_ssl: float = 0.0, filter_target: float = 0.0, feedback_activation: str = "elu",
-                 feedback_lr_scale: float = 1.0, ae_init_scale: float = 0.001):
+                 scale_ssl: float | None = 0.0, filter_target: float | None = 0.0, feedback_activation: str = "elu",
+                 feedback_lr_scale: float = 1.0, ae_init_scale: float = 0.001,
+                 grad_centralization: bool | None = False):
         super().__init__(model)
         for key, value, allowed in (("task", task, TASKS), ("normalize", normalize, NORMALIZE),
                                     ("feedback_activation", feedback_activation, ACTIVATIONS)):
             check_choice(key, value, allowed)
+        official = OFFICIAL["convnet" if isinstance(model, ConvNet) else "mlp"]
+        if normalize == "official":
+            normalize = official[0]
+        scale_ssl = official[1] if scale_ssl is None else scale_ssl
+        filter_target = official[2] if filter_target is None else filter_target
+        self.grad_centralization = official[3] if grad_centralization is None else bool(grad_centralization)
         if not 0.0 <= float(filter_target) < 1.0:
             raise ConfigError(f"rule.filter_target must be in [0, 1) (0 = off), got {filter_target}")
         if min(float(scale_c), float(scale_ssl), float(feedback_lr_scale), float(ae_init_scale)) < 0:
@@ -202,11 +221,21 @@ class CounterCurrent(LearningRule):
             pairs = [F.mse_loss(a, c) for a, c in zip(acts, sig)]
         total = sum(pairs) + ce
         total.backward()
+        if self.grad_centralization:
+            self._centralize()
         logs = {"loss": total.item(), "ce": ce.item(), "feedback_loss": sum(p.item() for p in pairs),
                 "input_loss": pairs[0].item()}
         if self.task == "autoencode":
             logs["recon_loss"] = pairs[-1].item()
         return logs
+
+    @torch.no_grad()
+    def _centralize(self) -> None:
+        """Every weight gradient (dense [out, in], conv [out, in, kh, kw]) minus its mean over each output unit's
+        inputs; biases untouched (the official gradient_centralization)."""
+        for p in self.trainable_parameters():
+            if p.grad is not None and p.dim() in (2, 4):
+                p.grad -= p.grad.mean(dim=tuple(range(1, p.dim())), keepdim=True)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

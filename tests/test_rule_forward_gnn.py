@@ -168,7 +168,7 @@ def test_graphsage_state_dict_and_bad_settings(small, digits):
     clone = ForwardGNN(GraphSAGE([], 5, graph=small.graph, hidden=[8]), variant="ff_vn", n_negatives=2)
     clone.load_state_dict(state)
     assert torch.equal(clone.eval().predict(small.x_test), rule.eval().predict(small.x_test))
-    with pytest.raises(ConfigError, match="unknown rule.variant 'top2'"):
+    with pytest.raises(ConfigError, match=r"unknown rule.variant 'top2' for forward_gnn \(classify\)"):
         ForwardGNN(GCN([], 5, graph=small.graph), variant="top2")
     with pytest.raises(ConfigError, match="n_negatives must be in 1..4"):
         ForwardGNN(GCN([], 5, graph=small.graph), variant="ff_la", n_negatives=5)
@@ -188,8 +188,10 @@ def test_configs_build_the_rule_and_the_graph_experiment(compose, small):
         ("sf", "simultaneous", "both", 1.0, 2.0)
     configs = Path(__file__).resolve().parents[1] / "configs"
     arms = (configs / "experiment" / "graph.yaml").read_text().split("+arm:")[1].split()[0].split(",")
-    assert {"bp_gcn", "forward_gnn_gcn", "readout_only_gcn", "forward_gnn_la_gcn", "forward_gnn_vn_gcn"} == set(arms)
-    for arm, variant in (("forward_gnn_la_gcn", "ff_la"), ("forward_gnn_vn_gcn", "ff_vn")):
+    assert {"bp_gcn", "forward_gnn_gcn", "readout_only_gcn", "forward_gnn_la_gcn", "forward_gnn_vn_gcn",
+            "forward_gnn_top2input_gcn", "forward_gnn_top2loss_gcn"} == set(arms)
+    for arm, variant in (("forward_gnn_la_gcn", "ff_la"), ("forward_gnn_vn_gcn", "ff_vn"),
+                         ("forward_gnn_top2input_gcn", "sf_top2input"), ("forward_gnn_top2loss_gcn", "sf_top2loss")):
         c = compose("experiment=graph", f"+arm={arm}")
         assert c.rule.variant == variant and c.model._target_ == "bioplaus.models.GCN"
         assert c.data._target_ == "bioplaus.data.graphs.sbm" and c.trainer.batch_size >= 200

@@ -6,10 +6,15 @@ those rows; labels stay tensors). It hands the model what it needs to be built (
 shape of one sample and the number of classes; graph data add the graph), so the runner has no per-family branch
 and models import no data module.
 
-Tasks (`Dataset.task`): "classify" (y [N], one label per sample) or "lm" (y [N, L], one target per
-token; IGNORE_INDEX = -100 where nothing is asked, e.g. non-query positions of MQAR). `task_metrics(test_loss)`
-adds what a task reports beside accuracy: for "lm" the loss in bits per character and the unigram baseline
-(the test cross-entropy of a model that ignores its input).
+Tasks (`Dataset.task`): "classify" (y [N], one label per sample), "lm" (y [N, L], one target per
+token; IGNORE_INDEX = -100 where nothing is asked, e.g. non-query positions of MQAR) or "link" (link prediction:
+x [N, 2] node pairs, y [N] 1 = an edge, 0 = a sampled non-edge; logits [N, 2], bioplaus.data.links).
+`task_metrics(test_loss)` adds what a task reports beside accuracy: for "lm" the loss in bits per character and
+the unigram baseline (the test cross-entropy of a model that ignores its input). A task that needs every output
+of an evaluation, not only the summed loss, asks for them (`keep_outputs()` returns a list the trainer's
+`evaluate` fills with (logits, targets) per batch) and turns them into metrics in `output_metrics`: for "link"
+the ROC AUC of the edge score logit[1] - logit[0] (`{split}_auc`), the paper's metric (under data parallel, of
+the rank's shard).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from torch import Tensor
 
 from bioplaus.errors import ConfigError
 
-TASKS = ("classify", "lm")
+TASKS = ("classify", "lm", "link")
 IGNORE_INDEX = -100          # target of a position that is not scored (cross-entropy's ignore_index)
 
 
@@ -79,6 +84,19 @@ class Dataset:
         return {"test_loss": test_loss, "bits_per_char": test_loss / math.log(2),
                 "unigram_loss": unigram_loss(self.y_train, self.y_test, self.n_classes)}
 
+    def keep_outputs(self) -> list | None:
+        """A list for the trainer's evaluate to append every batch's (logits, targets) to, when this task's metrics
+        need them (link), else None (nothing is kept)."""
+        return [] if self.task == "link" else None
+
+    def output_metrics(self, outputs: list | None, split: str) -> dict:
+        """Metrics from every output of one evaluation (`outputs`: (logits [b, 2], y [b]) per batch). link:
+        {split}_auc, the ROC AUC of the score logit[1] - logit[0] against y (0.5: chance). Others: {}."""
+        if not outputs:
+            return {}
+        scores, y = (torch.cat(t) for t in zip(*outputs))
+        return {f"{split}_auc": roc_auc(scores[:, 1] - scores[:, 0], y)}
+
     def __repr__(self) -> str:
         what = f"{self.n_classes} classes" if self.task == "classify" else f"{self.task}, vocab {self.n_classes}"
         return f"Dataset({self.name}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, {what})"
@@ -110,6 +128,23 @@ def unigram_loss(y_train: Tensor, y_test: Tensor, n_classes: int) -> float:
     return float(-logp[y_test[y_test != IGNORE_INDEX].flatten()].mean())
 
 
+def roc_auc(scores: Tensor, y: Tensor) -> float:
+    """Area under the ROC curve of scores [N] for binary targets y [N] (1 positive): the probability that a random
+    positive outscores a random negative, ties counting half (Mann-Whitney U with average ranks). nan if one
+    class is missing."""
+    y = y.flatten().bool()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    s = scores.flatten().double()
+    order = s.argsort()
+    _, inverse, counts = torch.unique_consecutive(s[order], return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts + 1                   # average rank of each group of ties
+    ranks = torch.empty_like(s)
+    ranks[order] = (first + (counts - 1) / 2.0).double()[inverse]
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def batches(x, y: Tensor, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
             augment: Callable | None = None, device: torch.device | str | None = None
             ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -125,4 +160,4 @@ def batches(x, y: Tensor, batch_size: int, shuffle: bool = False, generator: tor
         yield xb, y[idx]
 
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Dataset", "batches", "subset", "subset_rows", "unigram_loss"]
+__all__ = ["IGNORE_INDEX", "TASKS", "Dataset", "batches", "roc_auc", "subset", "subset_rows", "unigram_loss"]

@@ -165,6 +165,15 @@ def sbm(n_nodes: int = 1000, n_classes: int = 5, p_in: float = 0.02, p_out: floa
         train_fraction: float = 0.2, test_fraction: float = 0.5, seed: int = 0) -> GraphDataset:
     """Stochastic block model graph with class-correlated Gaussian features (see the module docstring).
     Expected degree of a node: p_in (V/C - 1) same-class + p_out V (C-1)/C other-class neighbours."""
+    x, edge_index, y = sbm_graph(n_nodes, n_classes, p_in, p_out, n_features, feature_noise, n_informative,
+                                 nuisance_noise, seed)
+    train, test = _split(n_nodes, float(train_fraction), float(test_fraction), int(seed))
+    return node_dataset("sbm", x, edge_index, y, train, test, n_classes)
+
+
+def sbm_graph(n_nodes: int, n_classes: int, p_in: float, p_out: float, n_features: int, feature_noise: float,
+              n_informative: int | None, nuisance_noise: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The SBM graph of `sbm` (same arguments): x [V, F], edge_index [2, E] (both directions), y [V]."""
     k = n_features if n_informative is None else int(n_informative)
     if n_nodes < 2 * n_classes or n_classes < 2 or not 1 <= k <= n_features:
         raise ConfigError(f"data=sbm needs n_classes >= 2, n_nodes >= 2 n_classes and 1 <= n_informative <= "
@@ -178,9 +187,7 @@ def sbm(n_nodes: int = 1000, n_classes: int = 5, p_in: float = 0.02, p_out: floa
     mu = torch.randn(n_classes, k, generator=gen)
     x = float(nuisance_noise) * torch.randn(n_nodes, n_features, generator=gen)
     x[:, :k] = mu[y] + float(feature_noise) * torch.randn(n_nodes, k, generator=gen)
-    edge_index = sbm_edges(y, float(p_in), float(p_out), gen)
-    train, test = _split(n_nodes, float(train_fraction), float(test_fraction), int(seed))
-    return node_dataset("sbm", x, edge_index, y, train, test, n_classes)
+    return x, sbm_edges(y, float(p_in), float(p_out), gen), y
 
 
 def _planetoid_dir(root: Path, name: str) -> Path | None:
@@ -214,6 +221,19 @@ def pyg(root: str, name: str = "cora", train_fraction: float = 0.2, test_fractio
         seed: int = 0) -> GraphDataset:
     """A PyG-format graph from a local path (see the module docstring); masks in the file give the split,
     else a seeded random split (train_fraction / test_fraction of the nodes)."""
+    d, label = read_pyg(root, name)
+    x = d["x"] if d["x"].layout == torch.strided else d["x"].to_dense()
+    y = d["y"].long().view(-1)
+    if "train_mask" in d and "test_mask" in d:
+        train, test = torch.nonzero(d["train_mask"]).flatten(), torch.nonzero(d["test_mask"]).flatten()
+    else:
+        train, test = _split(len(y), float(train_fraction), float(test_fraction), int(seed))
+    return node_dataset(label, x.float(), torch.as_tensor(d["edge_index"]).long(), y, train, test)
+
+
+def read_pyg(root: str, name: str = "cora") -> tuple[dict, str]:
+    """(the graph's tensors by name: x, edge_index, y, and masks if the file has them; its label) from a Planetoid
+    folder or a torch.save'd file (see the module docstring), or one ConfigError naming the files expected."""
     path = Path(str(root)).expanduser()
     if path.is_file():
         d = _load_pt(path)
@@ -228,14 +248,8 @@ def pyg(root: str, name: str = "cora", train_fraction: float = 0.2, test_fractio
         from torch_geometric.io import read_planetoid_data
 
         d = read_planetoid_data(str(folder), name.lower()).to_dict()
-    x = d["x"] if d["x"].layout == torch.strided else d["x"].to_dense()
-    y = d["y"].long().view(-1)
-    if "train_mask" in d and "test_mask" in d:
-        train, test = torch.nonzero(d["train_mask"]).flatten(), torch.nonzero(d["test_mask"]).flatten()
-    else:
-        train, test = _split(len(y), float(train_fraction), float(test_fraction), int(seed))
-    label = name.lower() if not path.is_file() else path.stem
-    return node_dataset(label, x.float(), torch.as_tensor(d["edge_index"]).long(), y, train, test)
+    return d, (name.lower() if not path.is_file() else path.stem)
 
 
-__all__ = ["Graph", "GraphDataset", "karate", "node_dataset", "pyg", "require_pyg", "sbm", "sbm_edges"]
+__all__ = ["Graph", "GraphDataset", "karate", "node_dataset", "pyg", "read_pyg", "require_pyg", "sbm", "sbm_edges",
+           "sbm_graph"]

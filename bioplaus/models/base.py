@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from bioplaus.errors import ConfigError
 from bioplaus.neurons.encoding import per_step, time_invariant
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
 
 def snake(name: str) -> str:

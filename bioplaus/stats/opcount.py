@@ -13,6 +13,12 @@ convolution it counts
          conv -> C_out/groups * sum over output positions of the spikes in each receptive field
          (exact at the borders: a spike near the edge reaches fewer outputs)
 
+Message passing (graph models, PyG): every scatter-add / index-add / scatter-reduce of a source [E, d] into
+the nodes (aggregating the messages, and the backward of a gather) is E*d accumulates, counted as AC (adds
+only; the per-edge weight a GCN multiplies in first is an elementwise op, not counted, like the others below).
+A sparse-dense product A @ X (torch.sparse / SparseTensor propagation) is nnz(A) * X.shape[1] MACs, or ACs
+when A's values are all 0/1 (an unweighted adjacency). Gathers and index_select move data and are not counted.
+
 Operands backed by the storage of `weights` (the model's parameters) are never taken for spikes,
 even when they hold only 0s and 1s. Bias adds, normalisation and elementwise ops are not counted
 (membrane updates are counted by the statistics layer from the neurons).
@@ -41,6 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bioplaus.neurons.encoding import once_over_time
 
 aten = torch.ops.aten
+SCATTERS = (aten.scatter_add, aten.scatter_add_, aten.index_add, aten.index_add_, aten.scatter_reduce,
+            aten.scatter_reduce_, aten.index_reduce, aten.index_reduce_)      # (self, dim, index, src, ...)
 
 
 def is_binary(t: Tensor) -> bool:
@@ -87,10 +95,18 @@ class OpCounter(TorchDispatchMode):
         """A binary activation; weights that happen to be 0/1 are still weights."""
         return t.untyped_storage().data_ptr() not in self._weights and is_binary(t)
 
+    def _sparse(self, a: Tensor, m: int) -> None:
+        """A sparse [n, k] @ a dense [k, m]: nnz * m, MACs (ACs for 0/1 values)."""
+        values = a.coalesce().values() if a.layout == torch.sparse_coo else a.values()
+        self._add("ac" if is_binary(values) else "mac", torch.full((self.T,), values.numel() * m / self.T,
+                                                                    dtype=torch.float64))
+
     def _matmul(self, a: Tensor, b: Tensor) -> None:
         """a [n, k] @ b [k, m], or batched [bt, n, k] @ [bt, k, m]."""
         n, k, m = a.shape[-2], a.shape[-1], b.shape[-1]
-        if self._spikes(a):                     # each input spike meets m weights: spikes x fan-out
+        if a.layout != torch.strided:
+            self._sparse(a, m)
+        elif self._spikes(a):                     # each input spike meets m weights: spikes x fan-out
             self._add("ac", self._steps((a != 0).reshape(a.shape[0], -1).sum(1)) * m)
         elif self._spikes(b):
             self._add("ac", self._steps((b != 0).reshape(b.shape[0], -1).sum(1)) * n)
@@ -111,6 +127,11 @@ class OpCounter(TorchDispatchMode):
             self._matmul(args[0], args[1])
         elif packet in (aten.addmm, aten.baddbmm):
             self._matmul(args[1], args[2])
+        elif packet in SCATTERS:                                         # message aggregation
+            self._add("ac", torch.full((self.T,), args[3].numel() / self.T, dtype=torch.float64))
+        elif packet in (aten._sparse_mm, aten._sparse_addmm):              # (a sparse addmm / mm: _matmul)
+            a, b = (args[0], args[1]) if packet is aten._sparse_mm else (args[1], args[2])
+            self._sparse(a, b.shape[-1])
         elif packet is aten.convolution:
             x, w, _, stride, padding, dilation, transposed, _, groups = args[:9]
             if transposed:
