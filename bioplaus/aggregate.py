@@ -21,8 +21,6 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats as _st
-
 CONFIDENCE = 0.95
 
 
@@ -43,6 +41,8 @@ class Summary:
 
 def t_critical(dof: float) -> float:
     """Two-sided 95% critical value of Student's t with `dof` degrees of freedom."""
+    from scipy import stats as _st  # imported when first needed: importing compare stays light
+
     return float(_st.t.ppf(0.5 + CONFIDENCE / 2, dof))
 
 

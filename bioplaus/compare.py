@@ -1,18 +1,23 @@
 """Comparison tables and plots from a sweep directory; the multirun callback and `bioplaus-compare`.
 
 `compare(sweep_dir)` reads every `**/metrics.json` below sweep_dir (and every failed job's `failed.json`),
-groups runs by (data, model, rule, variant), averages over seeds (mean ± std), adds each group's margin over the
-`readout_only` control on the same model, data and variant, and writes (atomically) into sweep_dir:
+groups runs by (data, model, rule label, variant, model/data/trainer config), aggregates over seeds
+(bioplaus.aggregate: mean ± std, n, 95% t interval), adds each group's margin over the `readout_only` control on
+the same data, model config and trainer (paired by seed, with its interval), a rank that states an order only where
+intervals separate (overlapping rows share a rank: tied), capacity (params, trained params, inference MACs / SOPs
+per sample, training MACs per update) and costs, and writes (atomically) into sweep_dir:
 
     comparison.md   the table (also printed)
     comparison.csv  one row per group, plain numbers
-    comparison.png  test accuracy vs training time and vs inference energy per sample (error bars over seeds)
+    comparison.png  test accuracy vs training time and vs inference energy per sample (bars: 95% intervals)
 
     bioplaus-compare multirun/2026-11-23/12-00-00
 
 Failed jobs get a row each with their status (diverged, error, crashed) and error line (`status`, `error`
-columns). The variant of a run is the values of the swept keys other than seeds and the labels (rule, model,
-data, arm, experiment), e.g. `trainer.optimizer.lr=0.01`; it is empty for a sweep over arms.
+columns). The rule label is the rule's config name (`ep_paper` beside `ep`) or a user class's name. The variant of
+a run is the config's `variant` (tuned, paper; nothing for default) plus the values of the swept keys other than
+seeds and the labels (rule, model, data, arm, experiment), e.g. `trainer.optimizer.lr=0.01`. Nothing is selected
+on test data: each run reports its last epoch's test accuracy.
 Runs are never mixed silently: runs whose command-line overrides differ in a key the sweep did not sweep
 (`multirun.yaml`; without one, in anything but a config group), runs with the same overrides but different
 configs, and one config and seed found twice are each refused with one ConfigError naming the keys and dirs.
@@ -27,15 +32,17 @@ import statistics
 import sys
 from pathlib import Path
 
+from bioplaus.aggregate import margin, rank_groups, summarise
 from bioplaus.atomic import atomic_write
 from bioplaus.errors import ConfigError
 from bioplaus.rundir import FAILED, config_diff, describe
 from bioplaus.sweep import GROUPS, override_map
 
 CONTROL = "readout_only"
-COLUMNS = ["data", "model", "rule", "seeds", "test_acc", "test_acc_std", "margin_vs_control", "train_acc",
-           "train_time_s", "time_per_step_ms", "peak_mem_mb", "saved_for_backward_mb", "energy_uj_per_sample",
-           "sop_per_sample", "mac_per_sample", "firing_rate", "train_energy_mj_per_step", "epochs", "variant",
+COLUMNS = ["data", "model", "rule", "variant", "seeds", "test_acc", "test_acc_std", "test_acc_lo", "test_acc_hi",
+           "margin_vs_control", "margin_lo", "margin_hi", "rank", "params", "trained_params", "mac_per_sample",
+           "sop_per_sample", "train_mac_per_step", "train_acc", "train_time_s", "time_per_step_ms", "peak_mem_mb",
+           "saved_for_backward_mb", "energy_uj_per_sample", "firing_rate", "train_energy_mj_per_step", "epochs",
            "status", "error"]
 REQUIRED = ("data", "model", "rule", "test_acc", "train_acc", "train_time_s", "peak_mem_mb", "epochs")
 LABELS = ("rule", "model", "data", "arm", "experiment")     # override keys the row labels already show
@@ -138,10 +145,18 @@ def check_mix(runs: list[dict], swept: set[str] | None) -> list[str]:
 
 
 def _variant(run: dict, keys: list[str]) -> str:
-    if not keys or run.get("overrides") is None:
-        return ""
-    m = override_map(run["overrides"])
-    return " ".join(f"{k}={m.get(k, '<unset>')}" for k in keys)
+    """The row's variant: the config's `variant` (tuned, paper, ...; nothing for default) and the values of the
+    swept keys other than seeds and labels."""
+    parts = [str(run["variant"])] if run.get("variant") not in (None, "", "default") else []
+    if keys and run.get("overrides") is not None:
+        m = override_map(run["overrides"])
+        parts += [f"{k}={m.get(k, '<unset>')}" for k in keys]
+    return " ".join(parts)
+
+
+def label(run: dict) -> str:
+    """The rule column: the rule's config name (rule_config: `ep_paper`, not the class's `ep`) or its name."""
+    return str(run.get("rule_config") or run["rule"])
 
 
 def _stat(run: dict, key: str) -> float:
@@ -155,107 +170,170 @@ def _mean(xs):
 def _failed_row(r: dict, variant: str) -> dict:
     """A failed job's row: its labels, status and error line; every number NaN."""
     row = {k: NAN for k in COLUMNS}
-    row.update(data=r["data"], model=r["model"], rule=r["rule"], seeds=1, epochs=r.get("config", {}).get(
+    row.update(data=r["data"], model=r["model"], rule=label(r), seeds=1, epochs=r.get("config", {}).get(
         "trainer", {}).get("epochs", "") if isinstance(r.get("config"), dict) else "", variant=variant,
-        status=r["status"], error=r["error"], seed=r.get("seed"))
+        status=r["status"], error=r["error"], seed=r.get("seed"), rank="")
     return row
 
 
+def _setting(r: dict) -> str:
+    """What a control must share with a row: the model and data config and the budget (epochs, batch size): a
+    control of another width or budget is no control. Learning rates may differ (each arm's own tuning). The
+    labels alone where no config was recorded."""
+    c = r.get("config")
+    if not isinstance(c, dict):
+        return ""
+    t = c.get("trainer") if isinstance(c.get("trainer"), dict) else {}
+    return json.dumps({"model": c.get("model"), "data": c.get("data"), "epochs": t.get("epochs"),
+                       "batch_size": t.get("batch_size")}, sort_keys=True, default=str)
+
+
+def _control_for(key: tuple, setting: str, controls: dict) -> dict | None:
+    """The control group for a row: same data, model and setting; the same variant first, else tuned, default."""
+    data, model, variant = key
+    for v in (variant, "tuned", ""):
+        hit = controls.get((data, model, setting, v))
+        if hit is not None:
+            return hit
+    return None
+
+
 def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]:
-    """One row per (data, model, rule, variant) of the finished runs, averaged over seeds, with the margin over
-    the control; then one row per failed job."""
+    """One row per (data, model, rule label, variant) of the finished runs, aggregated over seeds
+    (bioplaus.aggregate: mean, std, n, 95% t interval), with the margin over the control paired by seed and its
+    interval, a rank that ties rows whose intervals overlap (within each data set), capacity (parameters,
+    inference MACs / SOPs per sample, training MACs per update) and costs; then one row per failed job."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r.get("status", "ok") == "ok":
-            groups.setdefault((r["data"], r["model"], r["rule"], _variant(r, variant_keys or [])), []).append(r)
+            key = (r["data"], r["model"], label(r), _variant(r, variant_keys or []), _setting(r))
+            groups.setdefault(key, []).append(r)
+    controls = {(d, m, st, v): rs for (d, m, rule, v, st), rs in groups.items() if rule == CONTROL}
     rows = []
-    for (data, model, rule, variant), rs in groups.items():
-        acc = [r["test_acc"] for r in rs]
-        rows.append({
-            "data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
-            "seeds": len(rs),
-            "test_acc": _mean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+    for (data, model, rule, variant, setting), rs in groups.items():
+        acc = summarise([r["test_acc"] for r in rs])
+        row = {"data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
+               "seeds": acc.n, "test_acc": acc.mean, "test_acc_std": acc.std, "test_acc_lo": acc.lo,
+               "test_acc_hi": acc.hi, "_summary": acc}
+        ctrl = None if rule == CONTROL else _control_for((data, model, variant), setting, controls)
+        if ctrl is not None:
+            m = margin({r.get("seed", i): r["test_acc"] for i, r in enumerate(rs)},
+                       {r.get("seed", i): r["test_acc"] for i, r in enumerate(ctrl)})
+            row.update(margin_vs_control=m.mean, margin_lo=m.lo, margin_hi=m.hi)
+        else:
+            row.update(margin_vs_control=NAN, margin_lo=NAN, margin_hi=NAN)
+        row.update({
+            "params": _mean([r.get("params", NAN) for r in rs]),
+            "trained_params": _mean([r.get("trained_params", NAN) for r in rs]),
+            "mac_per_sample": _mean([_stat(r, "mac_per_sample") for r in rs]),
+            "sop_per_sample": _mean([_stat(r, "sop_per_sample") for r in rs]),
+            "train_mac_per_step": _mean([r.get("train_mac_per_step", NAN) for r in rs]),
             "train_acc": _mean([r["train_acc"] for r in rs]),
             "train_time_s": _mean([r["train_time_s"] for r in rs]),
-            "time_per_step_ms": _mean([r.get("time_per_step_ms", float("nan")) for r in rs]),
+            "time_per_step_ms": _mean([r.get("time_per_step_ms", NAN) for r in rs]),
             "peak_mem_mb": _mean([r["peak_mem_mb"] for r in rs]),
-            "saved_for_backward_mb": _mean([r.get("saved_for_backward_mb", float("nan")) for r in rs]),
+            "saved_for_backward_mb": _mean([r.get("saved_for_backward_mb", NAN) for r in rs]),
             "energy_uj_per_sample": _mean([_stat(r, "energy_pj_per_sample") * 1e-6 for r in rs]),
-            "sop_per_sample": _mean([_stat(r, "sop_per_sample") for r in rs]),
-            "mac_per_sample": _mean([_stat(r, "mac_per_sample") for r in rs]),
             "firing_rate": _mean([_stat(r, "mean_firing_rate") for r in rs]),
-            "train_energy_mj_per_step": _mean([r.get("train_energy_pj_per_step", float("nan")) * 1e-9 for r in rs]),
+            "train_energy_mj_per_step": _mean([r.get("train_energy_pj_per_step", NAN) * 1e-9 for r in rs]),
             "epochs": rs[0]["epochs"],
         })
-    control = {(r["data"], r["model"], r["variant"]): r["test_acc"] for r in rows if r["rule"] == CONTROL}
+        rows.append(row)
+    for data in {r["data"] for r in rows}:
+        same = [r for r in rows if r["data"] == data]
+        for r, k in zip(same, rank_groups([r["_summary"] for r in same])):
+            r["rank"] = k
     for r in rows:
-        c = control.get((r["data"], r["model"], r["variant"]))
-        r["margin_vs_control"] = r["test_acc"] - c if c is not None else NAN
+        del r["_summary"]
     rows.sort(key=lambda r: (r["data"], r["model"], r["variant"], r["rule"] == CONTROL, -r["test_acc"]))
     failed = [_failed_row(r, _variant(r, variant_keys or [])) for r in runs if r.get("status", "ok") != "ok"]
     return rows + sorted(failed, key=lambda r: (r["data"], r["model"], r["rule"], str(r["seed"])))
 
 
 def _si(x: float) -> str:
+    if x != x:
+        return "—"
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
             return f"{x / div:.2f}{suffix}"
     return f"{x:.0f}"
 
 
+def _interval(lo: float, hi: float, signed: bool = False) -> str:
+    if lo != lo or lo == hi:
+        return ""
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f" [{f.format(lo)}, {f.format(hi)}]"
+
+
+HEAD = ("| data | model | rule | variant | seeds | test acc (mean ± std) [95% CI] | vs readout_only [95% CI] | rank "
+        "| params | trained params | MAC/sample | SOP/sample | train MAC/update | train acc | train time (s) "
+        "| ms/step | peak mem (MB) | saved for bwd (MB) | energy/sample (µJ) | firing rate | epochs | status |")
+
+
 def to_markdown(rows: list[dict]) -> str:
-    head = ("| data | model | rule | seeds | test acc | vs readout_only | train acc | train time (s) "
-            "| ms/step | peak mem (MB) | saved for bwd (MB) | energy/sample (µJ) | SOP/sample | MAC/sample "
-            "| firing rate | train energy/step (mJ) | epochs | status |")
-    lines = [head, "|" + "---|" * 18]
+    """The comparison table. Rank: 1 + the rows (same data) whose 95% interval lies wholly above this row's; equal
+    ranks are ties (their intervals overlap), so an order is stated only where the intervals separate."""
+    lines = [HEAD, "|" + "---|" * 22]
     for r in rows:
-        rule = f"{r['rule']} ({r['variant']})" if r.get("variant") else r["rule"]
         if r.get("status", "ok") != "ok":
             error = str(r["error"]).replace("|", "\\|")
-            lines.append(f"| {r['data']} | {r['model']} | {rule} | seed {r['seed']} |" + " — |" * 12
-                         + f" {r['epochs']} | **{r['status'].upper()}**: {error} |")
+            lines.append(f"| {r['data']} | {r['model']} | {r['rule']} | {r['variant']} | seed {r['seed']} |"
+                         + " — |" * 15 + f" {r['epochs']} | **{r['status'].upper()}**: {error} |")
             continue
-        margin = "—" if r["margin_vs_control"] != r["margin_vs_control"] or r["rule"] == CONTROL \
-            else f"{r['margin_vs_control']:+.4f}"
+        margin_ = "—" if r["margin_vs_control"] != r["margin_vs_control"] or r["rule"] == CONTROL \
+            else f"{r['margin_vs_control']:+.4f}" + _interval(r["margin_lo"], r["margin_hi"], signed=True)
         std = f" ± {r['test_acc_std']:.4f}" if r["seeds"] > 1 else ""
-        lines.append(f"| {r['data']} | {r['model']} | {rule} | {r['seeds']} | {r['test_acc']:.4f}{std} "
-                     f"| {margin} | {r['train_acc']:.4f} | {r['train_time_s']:.1f} | {r['time_per_step_ms']:.2f} "
-                     f"| {r['peak_mem_mb']:.1f} | {r['saved_for_backward_mb']:.2f} | {r['energy_uj_per_sample']:.3f} "
-                     f"| {_si(r['sop_per_sample'])} | {_si(r['mac_per_sample'])} | {r['firing_rate']:.3f} "
-                     f"| {r['train_energy_mj_per_step']:.3f} | {r['epochs']} | ok |")
+        lines.append(f"| {r['data']} | {r['model']} | {r['rule']} | {r['variant'] or '—'} | {r['seeds']} "
+                     f"| {r['test_acc']:.4f}{std}{_interval(r['test_acc_lo'], r['test_acc_hi'])} | {margin_} "
+                     f"| {r['rank']} | {_si(r['params'])} | {_si(r['trained_params'])} | {_si(r['mac_per_sample'])} "
+                     f"| {_si(r['sop_per_sample'])} | {_si(r['train_mac_per_step'])} | {r['train_acc']:.4f} "
+                     f"| {r['train_time_s']:.1f} | {r['time_per_step_ms']:.2f} | {r['peak_mem_mb']:.1f} "
+                     f"| {r['saved_for_backward_mb']:.2f} | {r['energy_uj_per_sample']:.3f} | {r['firing_rate']:.3f} "
+                     f"| {r['epochs']} | ok |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Two panels: test accuracy vs training time and vs inference energy per sample (log x), one
-    point per (model, rule) with error bars over seeds; x marks the readout_only control."""
+    """Two panels: test accuracy vs training time and vs inference energy per sample (log x), one point per
+    row with its 95% interval over seeds as the error bar, each row a colour / marker named in one shared legend
+    (no labels on the points, so none overlap); x marks the readout_only control."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    colours = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    handles: dict[str, object] = {}
     for ax, key, xlabel in ((axes[0], "train_time_s", "training time (s)"),
                             (axes[1], "energy_uj_per_sample", "inference energy per sample (µJ)")):
-        for r in rows:
-            if not r[key] == r[key] or r[key] <= 0 or r.get("status", "ok") != "ok":   # NaN, zero, failed: skip
+        for i, r in enumerate(ok):
+            if not r[key] == r[key] or r[key] <= 0:                   # NaN or zero: nothing to place
                 continue
-            ax.errorbar(r[key], r["test_acc"], yerr=r["test_acc_std"], fmt="x" if r["rule"] == CONTROL else "o",
-                        capsize=3)
-            label = f"{r['rule']} ({r['variant']})" if r.get("variant") else r["rule"]
-            ax.annotate(f"{label}\n{r['model']}/{r['data']}", (r[key], r["test_acc"]),
-                        textcoords="offset points", xytext=(5, 3), fontsize=7)
+            lo, hi = r["test_acc_lo"], r["test_acc_hi"]
+            yerr = [[r["test_acc"] - lo], [hi - r["test_acc"]]] if lo == lo else None
+            name = " ".join(x for x in (r["rule"], f"({r['variant']})" if r["variant"] else "",
+                                        f"{r['model']}/{r['data']}", f"n={r['seeds']}") if x)
+            h = ax.errorbar(r[key], r["test_acc"], yerr=yerr, fmt="x" if r["rule"] == CONTROL else "os^Dv<>p"[i % 8],
+                            color=colours[i % len(colours)], capsize=3, markersize=7, label=name)
+            handles.setdefault(name, h)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(labelsize=9)
         ax.set_xlabel(xlabel + ", log scale")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
+        ax.set_ylabel("test accuracy (bars: 95% CI over seeds)")
+        ax.grid(alpha=0.3, which="both")
     axes[0].set_title("accuracy vs training time (x = readout_only control)")
     axes[1].set_title("accuracy vs inference energy")
-    fig.tight_layout()
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
+                   fontsize=8, frameon=False)
+    rows_of_legend = -(-len(handles) // 3) if handles else 0
+    fig.tight_layout(rect=(0, min(0.5, 0.045 * rows_of_legend + 0.02), 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 

@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from bioplaus import __version__, checks, distributed, loggers, stats, sweep
+from bioplaus import __version__, checks, distributed, loggers, runtime, stats, sweep
 from bioplaus.atomic import atomic_write
 from bioplaus.data import Dataset
 from bioplaus.errors import ConfigError
@@ -56,6 +56,7 @@ from bioplaus.stats.energy import EnergyModel
 from bioplaus.train import TrainConfig, train
 
 GROUPS = sweep.GROUPS
+runtime.register_resolvers()            # ${bioplaus_rule:...} in the default run / sweep dir names
 
 
 def versions() -> dict[str, str]:
@@ -208,11 +209,18 @@ def _job(cfg, out_dir: Path, rd: RunDir) -> dict:
         raise ConfigError(f"{e.full_key} must be set (add {e.full_key}=... to the command)") from None
     rd.labels = {**job.names, "seed": job.seed}
     rd.write_config()
+    hc = rd.hydra_cfg
+    label = runtime.rule_label(OmegaConf.select(hc, "runtime.choices.rule", default=None) if hc else None,
+                               OmegaConf.select(cfg, "rule._target_", default=None)) if hc else job.rule.name
+    desc = f"{label}/{job.names['model']}/{job.names['data']} s{job.seed}"
     log = make_logger(cfg, job, out_dir) if main else loggers.RunLogger()
-    metrics = train(job.rule, job.data, job.trainer, seed=job.seed, device=job.device, desc=job.desc,
+    metrics = train(job.rule, job.data, job.trainer, seed=job.seed, device=job.device, desc=desc,
                     checkpoint=str(out_dir / "checkpoint.pt") if job.trainer.checkpoint else None,
-                    on_epoch=log.epoch)
+                    on_epoch=log.epoch, bar_position=runtime.bar_position(
+                        hc, OmegaConf.select(hc, "job.num", default=None) if hc else None))
     metrics.update(job.names, seed=job.seed, device=str(job.device), versions=versions(), **job.rule.extra_metrics())
+    metrics.update(rule_config=label, variant=str(cfg.get("variant", "default")), threads=torch.get_num_threads(),
+                   **capacity(job))
     rep = _report(cfg, job, metrics)
     metrics.update(rep.metrics(), **rd.provenance())
     if main:
@@ -220,10 +228,21 @@ def _job(cfg, out_dir: Path, rd: RunDir) -> dict:
         write_json(out_dir / "metrics.json", metrics)
         log.finish(metrics, rep, out_dir)
         if job.data.task == "lm":
-            print(f"{job.desc}: test_loss {metrics['test_loss']:.4f} nats/token ({metrics['bits_per_char']:.3f} bits) "
-                  f"vs unigram {metrics['unigram_loss']:.4f}; test_acc {metrics['test_acc']:.4f}", flush=True)
+            print(f"{desc}: test_loss {metrics['test_loss']:.4f} nats/token ({metrics['bits_per_char']:.3f} bits) "
+                  f"vs unigram {metrics['unigram_loss']:.4f}; test_acc {metrics['test_acc']:.4f} -> {out_dir}",
+                  flush=True)
+        else:
+            print(runtime.final_line(desc, metrics, out_dir), flush=True)
     rd.finish(job.trainer.keep_checkpoint)
     return metrics
+
+
+def capacity(job: Job) -> dict[str, int]:
+    """params: the model's parameters (what inference uses); trained_params: every parameter the rule trains
+    (the model's plus its own: feedback matrices, local classifiers, NoProp's blocks, ...)."""
+    def count(ps) -> int:
+        return sum(p.numel() for p in {id(p): p for p in ps}.values())
+    return {"params": count(job.model.parameters()), "trained_params": count(job.rule.parameters())}
 
 
 def make_logger(cfg, job: Job, out_dir: Path) -> loggers.RunLogger:
@@ -300,6 +319,10 @@ def _hydra_main():
     def main(cfg) -> None:
         hc = HydraConfig.get()
         out_dir = Path(hc.runtime.output_dir)
+        try:
+            runtime.apply_threads(cfg.get("threads", "auto"), hc)
+        except ConfigError as e:
+            sweep.fail(e)
         context = {"overrides": list(hc.overrides.task), "hydra_cfg": hc, "job_log": f"{hc.job.name}.log"}
         if hc.mode == RunMode.MULTIRUN:         # a failed job is recorded and the sweep goes on
             metrics = sweep.run_job(lambda c, d: run(c, d, record_failure=True, **context), cfg, out_dir)

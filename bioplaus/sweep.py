@@ -141,6 +141,9 @@ class Guard(Callback):
     """Hydra callback: check run and sweep dirs before Hydra writes into them; decide a sweep's exit status."""
 
     def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)       # the run dir's ${hydra:...} resolves (Hydra sets it later)
         try:
             rundir.prepare(config.hydra.run.dir)
         except ConfigError as e:

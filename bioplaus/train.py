@@ -21,7 +21,7 @@ Everything measured about the run (time, memory, the first update's ops, passes 
 `bioplaus.checkpoint`. The loop itself has no branches for either.
 
 `train` returns the metrics dict that `bioplaus-run` writes to metrics.json:
-test_acc, train_acc, best_test_acc, steps, epochs, val_acc (last epoch's, when trainer.val_fraction > 0),
+test_acc, train_acc, steps, epochs, val_acc (last epoch's, when trainer.val_fraction > 0),
 history (per-epoch loss / test_acc / ...), the task's own metrics (`Dataset.task_metrics`: for language
 modelling test_loss in nats per token, bits_per_char and the unigram baseline; for link prediction test_auc, and
 val_auc in the epoch rows, from every output of the evaluation: `Dataset.output_metrics`) and the meter's cost metrics
@@ -214,11 +214,12 @@ class _Optimizer:
 
 def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
           device: torch.device | str = "cpu", desc: str = "train", checkpoint: str | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, bar_position: int | None = None) -> dict:
     """Train `rule` on `data` for cfg.epochs epochs; returns the metrics dict (see module docstring).
     checkpoint: a file path; after every epoch the full training state is saved there, and if the file
     already exists training resumes after its epoch (bioplaus.checkpoint).
-    on_epoch: called with each epoch's history row (the run's logger, bioplaus.loggers)."""
+    on_epoch: called with each epoch's history row (the run's logger, bioplaus.loggers).
+    bar_position: the progress bar's row (parallel sweep jobs each keep their own; bioplaus.runtime)."""
     device = torch.device(device)
     rule.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -243,8 +244,8 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             print(f"{desc}: resuming after epoch {ck['epoch']} from {checkpoint}", flush=True)
     eval_bs = int(cfg.eval_batch_size)
     rule.on_train_start(int(cfg.epochs))
-    bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress or not par.is_main(), leave=False,
-               dynamic_ncols=True, initial=start, total=int(cfg.epochs))
+    bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress or not par.is_main(), leave=True,
+               dynamic_ncols=True, initial=start, total=int(cfg.epochs), position=bar_position)
     with meter.run():
         for epoch in bar:
             rule.train()
@@ -293,7 +294,6 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
         **data.output_metrics(out, "test"),
         "train_acc": accuracy(rule, x_train, y_train, eval_bs, device, par),
         **({"val_acc": history[-1]["val_acc"]} if x_val is not None and history else {}),
-        "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),
         **meter.metrics(steps, par.sum),
         "steps": steps,
         "epochs": int(cfg.epochs),

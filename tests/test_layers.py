@@ -33,7 +33,7 @@ BELOW = {
 }
 TOP = {"errors": "base", "atomic": "base", "checkpoint": "train", "distributed": "train", "divergence": "train",
        "train": "train", "run": "run", "checks": "run", "rundir": "run", "sweep": "run", "compare": "run",
-       "aggregate": "run", "loggers": "run"}
+       "aggregate": "run", "loggers": "run", "runtime": "run"}
 
 
 def modules() -> dict[str, Path]:
