@@ -35,7 +35,8 @@ CONFIGS = ROOT / "configs"
 ARMS = {   # the arms of each protocol's comparison (the paper presets are compared untuned, beside these)
     "digits": ["bp_mlp", "readout_only_mlp", "fa_mlp", "dfa_mlp", "sign_symmetry_mlp", "ccl_mlp", "noprop_mlp",
                "ff_mlp", "ep_mlp", "bptt_spiking_mlp", "readout_only_spiking_mlp", "tess_spiking_mlp",
-               "eprop_recurrent_spiking", "bptt_recurrent_spiking", "readout_only_recurrent_spiking"],
+               "eprop_recurrent_spiking", "bptt_recurrent_spiking", "readout_only_recurrent_spiking",
+               "noprop_bp_mlp", "bp_wide_mlp"],
 }
 ARMS["fashion"] = list(ARMS["digits"])
 

@@ -99,3 +99,53 @@ def write_benchmark_fixtures(root):
 def benchmark_roots(tmp_path_factory):
     """write_benchmark_fixtures in a session temp dir (each test that decodes them gets its own cache_dir)."""
     return write_benchmark_fixtures(tmp_path_factory.mktemp("benchmarks"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--zero-updates", default=None, metavar="RULES",
+                     help="mutation check: replace the update of these rules (comma list of rule names, or 'all') by "
+                          "zero; every learning test of those rules must then fail (issue 16's bar for honest tests)")
+
+
+def _rule_classes():
+    import importlib
+    import pkgutil
+
+    import bioplaus.rules
+    from bioplaus.rules.base import LearningRule
+
+    for mod in pkgutil.iter_modules(bioplaus.rules.__path__):      # every shipped rule class exists
+        importlib.import_module(f"bioplaus.rules.{mod.name}")
+
+    seen, todo = [], [LearningRule]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.append(sub)
+                todo.append(sub)
+    return seen
+
+
+@pytest.fixture(autouse=True)
+def _zero_updates(request, monkeypatch):
+    """With --zero-updates, each chosen rule still runs its assign_credit (its logs, its side effects), then
+    every gradient it filled is zeroed: the trainer steps on nothing the rule learned."""
+    spec = request.config.getoption("--zero-updates")
+    if not spec:
+        yield
+        return
+    names = None if spec == "all" else set(spec.split(","))
+    for cls in _rule_classes():
+        if "assign_credit" not in vars(cls) or (names is not None and cls.name not in names):
+            continue
+
+        def zeroed(self, *args, _orig=vars(cls)["assign_credit"], **kwargs):
+            logs = _orig(self, *args, **kwargs)
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            return logs
+
+        monkeypatch.setattr(cls, "assign_credit", zeroed)
+    yield

@@ -46,13 +46,17 @@ def test_sf_matches_backprop_and_beats_the_control(graph):
     assert sf > control + 0.1
 
 
-@pytest.mark.parametrize("variant,floor", [("ff_la", 0.45), ("ff_vn", 0.5)])
+@pytest.mark.parametrize("variant,floor", [("ff_la", 0.6), ("ff_vn", 0.7)])
 def test_forward_forward_variants_learn(variant, floor):
-    """Chance is 0.2. Measured (500 nodes, 100 epochs): FF-LA 0.68, FF-VN 0.77."""
+    """Chance is 0.2; the same rule and net untrained (learning rate 0: its own inference on the random init)
+    scores up to ~0.45 with FF-LA, so a floor alone says little: each variant must also clear its untrained self
+    by 0.15. Measured (500 nodes, 100 epochs): FF-LA 0.68, FF-VN 0.77."""
     data = sbm(n_nodes=500, p_in=0.04, p_out=0.004)
-    acc, _ = _fit(lambda m: ForwardGNN(m, variant=variant), data, cfg=TrainConfig(epochs=100, batch_size=100_000,
-                                                                                   progress=False))
-    assert acc > floor
+    budget = {"epochs": 100, "batch_size": 100_000, "progress": False}
+    acc, _ = _fit(lambda m: ForwardGNN(m, variant=variant), data, cfg=TrainConfig(**budget))
+    frozen, _ = _fit(lambda m: ForwardGNN(m, variant=variant), data,
+                     cfg=TrainConfig(**budget, optimizer=lambda p: torch.optim.SGD(p, lr=0.0)))
+    assert acc > floor and acc > frozen + 0.15, (acc, frozen)
 
 
 @pytest.mark.parametrize("variant", ["sf", "ff_la", "ff_vn"])

@@ -39,11 +39,20 @@ def test_dt_learns_digits_at_the_cli_budget(dt_digits):
                                               ("fm", {"head": "embedding", "inference_start": "gaussian"}, 0.90)],
                          ids=["ct", "fm", "fm-embedding-head-from-noise"])
 def test_ct_and_fm_learn_above_chance(variant, kw, floor, digits):
-    """Measured (seed 0): CT 0.911, FM 0.981, FM with the Eqs. 15-16 head from z_0 ~ N(0, I) 0.981; chance 0.1."""
-    torch.manual_seed(0)
-    rule = NoProp(MLP([1, 8, 8], 10), variant=variant, inference_steps=100, **kw)
-    m = train(rule, digits, CLI_BUDGET, seed=0)
+    """Measured (seed 0): CT 0.911, FM 0.981, FM with the Eqs. 15-16 head from z_0 ~ N(0, I) 0.981; chance 0.1.
+    The control is the same rule with its blocks frozen at init (lr 0; the head still trains): 0.10 for each,
+    since untrained blocks carry no label into z_T. (CT stays below the MLP's readout_only control on digits,
+    0.93: its claim is learning, not beating the control there.)"""
+    def run(frozen: bool) -> dict:
+        torch.manual_seed(0)
+        rule = NoProp(MLP([1, 8, 8], 10), variant=variant, inference_steps=100, **kw)
+        if frozen:
+            rule.lr_scale = 0.0                        # the blocks' update is scaled to nothing
+        return train(rule, digits, CLI_BUDGET, seed=0)
+
+    m, control = run(False), run(True)
     assert m["test_acc"] >= floor, m["history"]
+    assert m["test_acc"] >= control["test_acc"] + 0.5, (m["test_acc"], control["test_acc"])
 
 
 # ---- (2) mechanism ---------------------------------------------------------------------------------------
