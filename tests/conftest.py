@@ -127,6 +127,16 @@ def _rule_classes():
     return seen
 
 
+def _zeroed(assign_credit):
+    def zeroed(self, *args, **kwargs):
+        logs = assign_credit(self, *args, **kwargs)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+        return logs
+    return zeroed
+
+
 @pytest.fixture(autouse=True)
 def _zero_updates(request, monkeypatch):
     """With --zero-updates, each chosen rule still runs its assign_credit (its logs, its side effects), then
@@ -140,12 +150,5 @@ def _zero_updates(request, monkeypatch):
         if "assign_credit" not in vars(cls) or (names is not None and cls.name not in names):
             continue
 
-        def zeroed(self, *args, _orig=vars(cls)["assign_credit"], **kwargs):
-            logs = _orig(self, *args, **kwargs)
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad.zero_()
-            return logs
-
-        monkeypatch.setattr(cls, "assign_credit", zeroed)
+        monkeypatch.setattr(cls, "assign_credit", _zeroed(vars(cls)["assign_credit"]))
     yield
