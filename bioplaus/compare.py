@@ -215,7 +215,7 @@ def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]
         row = {"data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
                "seeds": acc.n, "test_acc": acc.mean, "test_acc_std": acc.std, "test_acc_lo": acc.lo,
                "test_acc_hi": acc.hi, "_summary": acc}
-        ctrl = None if rule == CONTROL else _control_for((data, model, variant), setting, controls)
+        ctrl = _control_for((data, model, variant), setting, controls)      # the control: 0 against itself
         if ctrl is not None:
             m = margin({r.get("seed", i): r["test_acc"] for i, r in enumerate(rs)},
                        {r.get("seed", i): r["test_acc"] for i, r in enumerate(ctrl)})

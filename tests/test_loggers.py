@@ -1,6 +1,7 @@
 """The `logger` config group (bioplaus.loggers): logger=tensorboard and logger=mlflow runs, read back with the
 libraries' own readers (TensorBoard's EventAccumulator, MLflow's client); the default writes nothing extra; a
 missing package fails before training."""
+import csv
 import json
 import os
 import subprocess
@@ -78,8 +79,9 @@ def test_mlflow_sweep_logs_the_comparison_and_counts_each_job_once(tmp_path):
     assert set(by_name) == {"backprop_mlp_digits_s0", "readout_only_mlp_digits_s0", "comparison"}
     assert {a.path for a in client.list_artifacts(by_name["comparison"].info.run_id)} == {
         "comparison.png", "comparison.md", "comparison.csv"}
-    rows = (sweep / "comparison.csv").read_text().splitlines()[1:]
-    assert len(rows) == 2 and all(row.split(",")[3] == "1" for row in rows)      # one seed each, not re-counted
+    with open(sweep / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(row["seeds"] == "1" for row in rows)           # one seed each, not re-counted
 
 
 def test_no_logger_by_default(compose, tmp_path):

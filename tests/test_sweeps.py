@@ -10,7 +10,7 @@ import pytest
 
 RUN = [sys.executable, "-m", "bioplaus.run"]
 SWEEP = ["-m", "experiment=quickstart", "+arm=bp_mlp,readout_only_mlp,fa_mlp", "trainer.epochs=2",
-         "trainer.progress=false", "stats.n_samples=64"]
+         "trainer.progress=false", "stats.n_samples=64", "threads=1"]   # one thread count for every launcher
 SAME = ("data", "model", "rule", "seeds", "test_acc", "margin_vs_control", "train_acc", "sop_per_sample",
         "mac_per_sample", "energy_uj_per_sample", "epochs")
 LAUNCHERS = {
