@@ -296,14 +296,15 @@ def check_overrides(argv: list[str]) -> None:
                                   f"(configs/{key}/*.yaml)")
 
 
-def objective(cfg, metrics: dict | None) -> float | None:
+def objective(cfg, metrics: dict | None, direction: str = "maximize") -> float | None:
     """What a job returns to an optimising sweeper (experiment=tune): metrics[cfg.objective], or None. A failed
-    job (metrics None) returns NaN, which Optuna records as a failed trial while the study goes on."""
+    job (metrics None: diverged, crashed) returns the worst value for the study's direction (-inf when it
+    maximises), so the study records the trial as the worst and goes on (Optuna 2.10 refuses NaN)."""
     key = cfg.get("objective")
     if not key:
         return None
     if metrics is None:
-        return float("nan")
+        return float("inf") if str(direction).lower().endswith("minimize") else float("-inf")
     if key not in metrics:
         raise ConfigError(f"objective '{key}' is not in metrics.json: use a key it has (e.g. val_acc with "
                           "trainer.val_fraction > 0)")
@@ -326,7 +327,7 @@ def _hydra_main():
         context = {"overrides": list(hc.overrides.task), "hydra_cfg": hc, "job_log": f"{hc.job.name}.log"}
         if hc.mode == RunMode.MULTIRUN:         # a failed job is recorded and the sweep goes on
             metrics = sweep.run_job(lambda c, d: run(c, d, record_failure=True, **context), cfg, out_dir)
-            return objective(cfg, metrics)
+            return objective(cfg, metrics, str(OmegaConf.select(hc, "sweeper.direction", default="maximize")))
         try:
             return objective(cfg, run(cfg, out_dir, **context))
         except ConfigError as e:

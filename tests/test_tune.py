@@ -43,3 +43,16 @@ def test_a_study_maximises_val_acc_over_the_declared_space(tmp_path):
     assert written["rule"]["beta"] == best["best_params"]["rule.beta"] and written["variant"] == "tuned"
     assert written["model"]["hidden"] == [256] and written["defaults"] == [{"override /rule": "ep"},
                                                                           {"override /model": "mlp"}]
+
+
+def test_a_failed_trial_is_the_worst_value_not_a_crash_of_the_study():
+    """A diverged or crashed trial returns -inf (maximise) / +inf (minimise): Optuna 2.10 refuses NaN, and a
+    refused value would abort the study (as a diverging FA trial at lr 3e-2 x 3 did)."""
+    from omegaconf import OmegaConf
+
+    from bioplaus.run import objective
+
+    cfg = OmegaConf.create({"objective": "val_acc"})
+    assert objective(cfg, None, "maximize") == float("-inf")
+    assert objective(cfg, None, "MINIMIZE") == float("inf") == objective(cfg, None, "StudyDirection.MINIMIZE")
+    assert objective(cfg, {"val_acc": 0.5}) == 0.5 and objective(OmegaConf.create({"objective": None}), {}) is None
