@@ -277,8 +277,19 @@ def _report(cfg, job: Job, metrics: dict) -> stats.Report:
 
 
 def _available(group: str) -> list[str]:
+    """The options of a config group, nested ones by their path (arm=tuned/digits/bp_mlp)."""
     root = resources.files("bioplaus.configs") / group
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+    def walk(node, prefix: str) -> list[str]:
+        out = []
+        for p in node.iterdir():
+            if p.is_dir() and not p.name.startswith(("_", ".")):
+                out += walk(p, f"{prefix}{p.name}/")
+            elif p.name.endswith(".yaml"):
+                out.append(prefix + p.name[:-5])
+        return out
+
+    return sorted(walk(root, ""))
 
 
 def check_overrides(argv: list[str]) -> None:

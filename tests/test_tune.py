@@ -56,3 +56,16 @@ def test_a_failed_trial_is_the_worst_value_not_a_crash_of_the_study():
     assert objective(cfg, None, "maximize") == float("-inf")
     assert objective(cfg, None, "MINIMIZE") == float("inf") == objective(cfg, None, "StudyDirection.MINIMIZE")
     assert objective(cfg, {"val_acc": 0.5}) == 0.5 and objective(OmegaConf.create({"objective": None}), {}) is None
+
+
+def test_tuned_arms_are_known_options_of_the_arm_group():
+    """configs/arm/tuned/<protocol>/<arm>.yaml is selected as +arm=tuned/<protocol>/<arm>; a typo is one line."""
+    import pytest
+
+    from bioplaus.errors import ConfigError
+    from bioplaus.run import _available, check_overrides
+
+    assert "tuned/digits/bp_mlp" in _available("arm") and "bp_mlp" in _available("arm")
+    check_overrides(["+arm=tuned/digits/bp_mlp,bp_mlp", "seed=0,1"])
+    with pytest.raises(ConfigError, match="unknown arm 'tuned/digits/bp_mpl'"):
+        check_overrides(["+arm=tuned/digits/bp_mpl"])
