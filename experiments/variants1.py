@@ -6,6 +6,11 @@ Every run is one `bioplaus-run` command (listed by `commands`), run one at a tim
 metrics back and prints the markdown tables of experiments/results/variants1.md (mean ± std over seeds, margin
 over the group's readout_only arm, and the trainer's memory measurements).
 
+For the noprop-memory group, `run` also measures one block's share in each NoProp run dir (block_share.json):
+the rule rebuilt from the run's own .hydra/config.yaml, block 1's weighted loss and backward alone on one
+training batch, the peak bytes autograd holds for it (`SavedTensors`, parameters excluded, as the trainer counts).
+`table` then checks issue 17's Done-when from the run dirs: held(sequential) <= held(together) / T + share.
+
     python experiments/variants1.py commands                       # the exact commands
     python experiments/variants1.py run --out /tmp/v1 [--group ff-fashion]
     python experiments/variants1.py table --out /tmp/v1
@@ -21,6 +26,7 @@ import sys
 from pathlib import Path
 
 FASHION = ["data=fashion", "data.n_train=10000", "trainer.epochs=20", "trainer.batch_size=128"]
+FASHION_5 = [*FASHION[:2], "trainer.epochs=5", *FASHION[3:]]
 ADAMW = ["trainer.optimizer._target_=torch.optim.AdamW", "+trainer.optimizer.weight_decay=1e-3"]  # Table 3's
 DIGITS_B128 = ["data=digits", "trainer.batch_size=128"]                  # NoProp's Table 3 batch on digits too
 NARROW = ["model=convnet", "model.channels=[8,16,32]", "rule.channels=[8,16,32]", "rule.width=64"]
@@ -49,12 +55,13 @@ RUNS: dict[str, list[tuple[str, list[str], list[int]]]] = {
                       ("noprop_bp_tuned_lr", ["rule=noprop_bp", *DIGITS_B128, *WIDE, *ADAMW, *TUNED_LR], [0]),
                       ("backprop", ["rule=backprop", *DIGITS_B128, *WIDE, *ADAMW], [0, 1]),
                       ("readout_only", ["rule=readout_only", *DIGITS_B128, *WIDE, *ADAMW], [0, 1])],
-    "noprop-fashion-narrow": [("noprop_paper", ["rule=noprop_paper", *FASHION, *NARROW, *ADAMW], [0]),
-                              ("noprop_paper_tuned_lr", ["rule=noprop_paper", *FASHION, *NARROW, *ADAMW, *TUNED_LR],
-                               [0]),
-                              ("noprop_bp_tuned_lr", ["rule=noprop_bp", *FASHION, *NARROW, *ADAMW, *TUNED_LR], [0]),
-                              ("backprop", ["rule=backprop", *FASHION, *NARROW[:2], *ADAMW], [0]),
-                              ("readout_only", ["rule=readout_only", *FASHION, *NARROW[:2], *ADAMW], [0])],
+    # cut to 5 epochs for every arm, one seed, and no noprop_bp arm (it is on digits): the 2-core machine was
+    # shared (one noprop_paper epoch with its 10k-image test pass took ~60-80 s of wall time there)
+    "noprop-fashion-narrow": [("noprop_paper", ["rule=noprop_paper", *FASHION_5, *NARROW, *ADAMW], [0]),
+                              ("backprop", ["rule=backprop", *FASHION_5, *NARROW[:2], *ADAMW], [0]),
+                              ("readout_only", ["rule=readout_only", *FASHION_5, *NARROW[:2], *ADAMW], [0]),
+                              ("noprop_paper_tuned_lr", ["rule=noprop_paper", *FASHION_5, *NARROW, *ADAMW, *TUNED_LR],
+                               [0])],
     "noprop-digits-100ep": [(label, [*overrides, "trainer.epochs=100"], [0, 1]) for label, overrides in (
         ("noprop_paper", ["rule=noprop_paper", *DIGITS_B128, *WIDE, *ADAMW]),
         ("backprop", ["rule=backprop", *DIGITS_B128, *WIDE, *ADAMW]),
@@ -88,6 +95,63 @@ def run(out: Path, groups) -> None:
             print(f"  failed (exit {done.returncode}); going on", flush=True)
 
 
+def block_share(run_dir: Path) -> dict:
+    """One NoProp block's share of the activations held for backward (MB): block 1's weighted loss and backward
+    alone, on the first `trainer.batch_size` training images, the rule rebuilt (fresh weights, training mode)
+    from the run's saved config. The held bytes depend on shapes only, not on the weights."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from bioplaus.data import batches
+    from bioplaus.run import build
+    from bioplaus.stats.memory import SavedTensors
+
+    torch.set_num_threads(1)
+    job = build(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    rule, bs = job.rule, int(job.trainer.batch_size)
+    rule.train()
+    # the trainer's way: an indexed copy (a slice would share, and count, the whole training set's storage)
+    x, y = next(batches(job.data.x_train, job.data.y_train, bs))
+    W = rule.embed.weight
+    u = W[y]
+    z = rule._q(u, rule.abar[0]).detach()
+    with SavedTensors(exclude=rule.parameters()) as one:
+        (rule.loss_weights[0] * rule._block_mse(rule.blocks[0], z, x, u, W)).backward()
+    return {"block_share_mb": one.peak / 2**20, "T": int(rule.T), "batch_size": bs}
+
+
+def measure_shares(out: Path) -> None:
+    for _, label, seed, overrides in jobs(["noprop-memory"]):
+        run_dir = out / "noprop-memory" / f"{label}_s{seed}"
+        share = run_dir / "block_share.json"
+        if "rule.schedule=sequential" in overrides and (run_dir / "metrics.json").exists() and not share.exists():
+            share.write_text(json.dumps(block_share(run_dir), indent=1))
+
+
+def memory_table(out: Path) -> str:
+    """Issue 17's Done-when, from the noprop-memory run dirs: each sequential run against its together peer."""
+    d = out / "noprop-memory"
+    lines = ["\n### noprop-memory: the Done-when\n",
+             "| blocks | held, together (MB) | held, sequential (MB) | sequential / together | one block's share (MB) "
+             "| bound: together / T + share (MB) | holds | saved, together / sequential (MB) "
+             "| test acc, together / sequential | peak RSS growth, together / sequential (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("mlp_block", "paper_block"):
+        paths = [d / f"{name}_{s}_s0" / "metrics.json" for s in ("together", "sequential")]
+        share_path = d / f"{name}_sequential_s0" / "block_share.json"
+        if not all(p.exists() for p in paths) or not share_path.exists():
+            continue
+        tog, seq = (json.loads(p.read_text()) for p in paths)
+        share = json.loads(share_path.read_text())
+        ht, hs = tog["held_for_backward_peak_mb"], seq["held_for_backward_peak_mb"]
+        bound = ht / share["T"] + share["block_share_mb"]
+        lines.append(f"| {name} | {ht:.2f} | {hs:.2f} | **{hs / ht:.3f}** | {share['block_share_mb']:.2f} | "
+                     f"{bound:.2f} | {'yes' if hs <= bound else '**no**'} | {tog['saved_for_backward_mb']:.2f} / "
+                     f"{seq['saved_for_backward_mb']:.2f} | {tog['test_acc']:.4f} / {seq['test_acc']:.4f} | "
+                     f"{tog['peak_mem_mb']:.0f} / {seq['peak_mem_mb']:.0f} |")
+    return "\n".join(lines) if len(lines) > 3 else ""
+
+
 def table(out: Path, groups) -> str:
     lines = []
     for group in groups:
@@ -114,6 +178,8 @@ def table(out: Path, groups) -> str:
                          f"{statistics.fmean(r['saved_for_backward_mb'] for r in rs):.2f} | "
                          f"{statistics.fmean(r['peak_mem_mb'] for r in rs):.0f} | "
                          f"{statistics.fmean(r['train_time_s'] for r in rs):.0f} |")
+        if group == "noprop-memory":
+            lines.append(memory_table(out))
     return "\n".join(lines)
 
 
@@ -129,6 +195,8 @@ def main(argv=None) -> None:
             print(f"OMP_NUM_THREADS=1 {' '.join(command(overrides, seed, a.out / group / f'{label}_s{seed}'))}")
     elif a.what == "run":
         run(a.out, groups)
+        if "noprop-memory" in groups:
+            measure_shares(a.out)
     else:
         print(table(a.out, groups))
 
