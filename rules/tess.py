@@ -170,7 +170,7 @@ class TESS(LearningRule):
         post = decay(psi, self.lam_post, st["post"])            # post[t] [c, B, *out]
         factor = gr + m * shift(post, st["post"]) * (b * self.alpha_post) if self.alpha_post else gr
         st["gW"] += syn.weight_grad(factor, h)
-        if self.lam_pre:
+        if self.lam_pre and st["pre1"]:                       # the trace carried in (none before the first chunk)
             st["gW"].add_(syn.weight_grad(gr[:1], st["pre"].unsqueeze(0)), alpha=self.lam_pre)
         spatial = tuple(range(3, gr.dim()))                    # conv: the bias's input is 1 at every position
         st["gb"] += gr.sum((0, 1, *spatial)) + gr[0].sum((0, *(d - 1 for d in spatial))) * (self.lam_pre * st["pre1"])
