@@ -112,3 +112,16 @@ def test_rate_regulariser_pulls_the_rate_to_its_target():
             rate = rule.assign_credit(x, y)["rate"]
             opt.step()
         assert abs(rate - target) < 0.5 * abs(start - target), (target, start, rate)
+
+
+def test_alif_eprop_learns_spike_timing_above_the_frozen_alif_net():
+    """spike_timing (T=10, only timing carries the label): e-prop on the ALIF net vs the same net frozen
+    (readout_only). Measured 0.888 vs 0.840 here (1,000 samples, 5 epochs)."""
+    data = spike_timing(n_train=1000, n_test=500, T=10, channels=16, n_classes=10, jitter=2)
+    acc = {}
+    for name, make in (("eprop", lambda m: EProp(m, rate_reg=1.0, target_rate=0.02)), ("readout", ReadoutOnly)):
+        torch.manual_seed(0)
+        model = RecurrentSpikingNet(list(data.in_shape), 10, hidden=128, T=10, encoding="given", adaptation=1.0,
+                                    tau_adapt=10.0)
+        acc[name] = train(make(model), data, TrainConfig(epochs=5, progress=False), seed=0)["test_acc"]
+    assert acc["eprop"] >= 0.86 and acc["eprop"] >= acc["readout"] + 0.03, acc

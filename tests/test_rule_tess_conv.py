@@ -93,3 +93,19 @@ def test_spiking_convnet_ws_is_trained_too_and_batchnorm_is_refused(one_thread):
         TESS(SpikingVGG([1, 8, 8], 3, channels=[4, "M"], norm="ws", pool="avg"))
     with pytest.raises(ConfigError, match="lsg_pool must be a whole number"):
         TESS(SpikingVGG([1, 8, 8], 3, channels=[4, "M"], norm="ws"), lsg_pool=0)
+
+
+def test_learns_digits_above_the_frozen_control(one_thread):
+    """A small conv SNN of the paper's kind (weight standardisation, leak 0.5, threshold 0.6, soft reset,
+    triangle surrogate) on digits: TESS trains every layer; the control trains the readout of the same net
+    frozen at init, at the same lr. Measured 0.956 vs 0.911 (8 epochs)."""
+    data = digits()
+    nrn = {"kind": "lif", "tau": 2.0, "decay_input": False, "v_threshold": 0.6, "v_reset": None,
+           "detach_reset": True, "surrogate": "triangle", "alpha": 1.0}
+    acc = {}
+    for name, make in (("tess", lambda m: TESS(m, temperature=0.1)), ("readout", ReadoutOnly)):
+        torch.manual_seed(0)
+        model = SpikingVGG(data.in_shape, 10, channels=[16, "M", 32, "M"], T=4, neuron=nrn, norm="ws", ws_gain=1.0)
+        acc[name] = train(make(model), data, TrainConfig(epochs=8, progress=False), seed=0,
+                          device=torch.device("cpu"))["test_acc"]
+    assert acc["tess"] >= 0.93 and acc["tess"] >= acc["readout"] + 0.03, acc
