@@ -109,3 +109,21 @@ def test_learns_digits_above_the_frozen_control(one_thread):
         acc[name] = train(make(model), data, TrainConfig(epochs=8, progress=False), seed=0,
                           device=torch.device("cpu"))["test_acc"]
     assert acc["tess"] >= 0.93 and acc["tess"] >= acc["readout"] + 0.03, acc
+
+
+def test_conv_memory_does_not_grow_with_T(one_thread):
+    """On the conv SNN, too: saved for backward (the readout and the kernel standardisation only), the carried
+    state and the peak of all live tensors are the same at T = 16 and T = 48; BPTT's grow with T."""
+    from bioplaus.rules.backprop import Backprop
+    from bioplaus.stats.memory import LiveTensors, SavedTensors
+    x, y = torch.rand(8, 2, 8, 8) * 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    held, live = {}, {}
+    for rule_cls in (TESS, Backprop):
+        for T in (16, 48):
+            rule = rule_cls(_vgg(T=T, encoding="rate"))
+            with LiveTensors() as probe, SavedTensors(exclude=rule.parameters()) as saved:
+                rule.assign_credit(x, y)
+            held[rule_cls.__name__, T] = (saved.bytes, getattr(rule, "state_bytes", 0))
+            live[rule_cls.__name__, T] = probe.peak
+    assert held["TESS", 16] == held["TESS", 48] and live["TESS", 16] == live["TESS", 48], (held, live)
+    assert held["Backprop", 48][0] > 2.5 * held["Backprop", 16][0] and live["Backprop", 48] > 2 * live["Backprop", 16]
