@@ -11,6 +11,11 @@ margin over the group's readout_only arm, and the trainer's memory measurements)
     python experiments/variants1_online.py commands                  # the exact commands
     python experiments/variants1_online.py run --out runs/variants1_online [--group tess-fashion]
     python experiments/variants1_online.py table --out runs/variants1_online
+    python experiments/variants1_online.py live                     # TESS vs BPTT live-tensor peak, T = 10 / 50
+
+`live` measures one update (batch 64, Fashion images) of TESS and BPTT on model=spiking_vgg_tess in this process:
+the bytes autograd keeps for backward, TESS's carried state, and the peak of all live tensors (the trainer's
+peak RSS growth also holds the evaluation's multi-step forward, which grows with T for every rule).
 """
 from __future__ import annotations
 
@@ -107,9 +112,37 @@ def table(out: Path, groups) -> str:
     return "\n".join(lines)
 
 
+def live() -> str:
+    import torch
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from bioplaus.data import fashion
+    from bioplaus.stats.memory import LiveTensors, SavedTensors
+
+    torch.set_num_threads(1)
+    data = fashion(n_train=64, n_test=10)
+    x, y = data.x_train[:64], data.y_train[:64]
+    lines = ["| rule | T | saved for backward (MB) | carried state (MB) | peak of live tensors (MB) |",
+             "|---|---|---|---|---|"]
+    with initialize_config_module("bioplaus.configs", version_base=None):
+        for rule in ("tess_paper", "backprop"):
+            for T in (10, 50):
+                cfg = compose("config", [f"rule={rule}", *VGG, f"model.T={T}"])
+                torch.manual_seed(0)
+                model = instantiate(cfg.model, in_shape=list(data.in_shape), n_classes=10, _convert_="all")
+                r = instantiate(cfg.rule, model, _convert_="all")
+                with LiveTensors() as probe, SavedTensors(exclude=r.parameters()) as saved:
+                    r.assign_credit(x, y)
+                state = getattr(r, "state_bytes", 0)
+                lines.append(f"| {rule} | {T} | {saved.bytes / 2**20:.3f} | {state / 2**20:.2f} | "
+                             f"{probe.peak / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["commands", "run", "table"])
+    p.add_argument("what", choices=["commands", "run", "table", "live"])
     p.add_argument("--out", type=Path, default=Path("runs/variants1_online"))
     p.add_argument("--group", action="append", choices=list(RUNS), help="only these groups (default: all)")
     a = p.parse_args(argv)
@@ -119,6 +152,8 @@ def main(argv=None) -> None:
             print(f"OMP_NUM_THREADS=1 {' '.join(command(overrides, seed, a.out / group / f'{label}_s{seed}'))}")
     elif a.what == "run":
         run(a.out, groups)
+    elif a.what == "live":
+        print(live())
     else:
         print(table(a.out, groups))
 
