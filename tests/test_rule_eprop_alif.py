@@ -48,13 +48,21 @@ def tiny(T=8, beta=0.8, **kw):
 
 
 def test_model_runs_the_papers_alif():
-    """The layer's spikes are the reference ALIF's (the shifted-membrane form is exact), adaptation lowers the
-    firing, and beta = 0 is the LIF layer."""
+    """The layer's spikes and its BPTT gradients are the reference ALIF's (the shifted-membrane form is exact),
+    and adaptation lowers the firing."""
     m = tiny(T=12)
     x = torch.rand(6, 12, dtype=torch.float64)
     _, zs = alif_reference(m, x, torch.zeros(6, dtype=torch.long), 0.0)
     z = m.features(x)
     assert torch.equal(z, torch.stack(zs).detach())
+    probe = torch.randn_like(z)                                 # BPTT through the model = through the reference
+    (z * probe).sum().backward()
+    got = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad(set_to_none=True)
+    _, zs = alif_reference(m, x, torch.zeros(6, dtype=torch.long), 0.0, stop_gradient=False)
+    (torch.stack(zs) * probe).sum().backward()
+    for k, g in got.items():
+        torch.testing.assert_close(g, dict(m.named_parameters())[k].grad, rtol=1e-9, atol=1e-12, msg=k)
     lif = tiny(T=12, beta=0.0)
     assert z.mean() < 0.8 * lif.features(x).mean()
     with pytest.raises(ConfigError, match="model.adaptation must be >= 0"):
