@@ -40,6 +40,13 @@ Updates, written as gradients (-Delta W) into .grad:
 This is the gradient of E with the recurrent spike path z_{t-1} -> I_t and the reset detached (autograd with
 those stop-gradients gives the same numbers; tests/test_rule_eprop.py checks it to 1e-5).
 
+ALIF (model.adaptation = beta > 0, Bellec et al. 2020): psi_t = g'(h_t - A_t) at the adaptive threshold and the
+eligibility gains the threshold-adaptation term, e_t = psi_t (xbar_t - beta eps^a_{t-1}), eps^a carried per
+synapse (`bioplaus.rules.eprop_alif`). Firing-rate regularisation (rate_reg = c_reg > 0): E + (c_reg / 2)
+Σ_j (f_j - target_rate)², its e-prop gradient added at the sequence's end (same module). Both stay exactly
+autograd's gradient with the paper's stop-gradients (recurrent spikes and reset detached; the adaptation path
+through z_t kept), tested in tests/test_rule_eprop_alif.py.
+
 Time chunks (`bioplaus.rules.traces`). Within one update the weights do not change, so the sums over t are
 products over the C * B rows of a chunk, and no per-synapse trace is formed:
 
@@ -67,6 +74,7 @@ from bioplaus.models import RecurrentSpikingNet
 from bioplaus.neurons.encoding import encode_steps
 from bioplaus.neurons.surrogate import get as get_surrogate
 from bioplaus.rules.base import LearningRule, check_choice, check_positive
+from bioplaus.rules.eprop_alif import AdaptationTraces
 from bioplaus.rules.traces import check_chunk, decay, decay_last, decay_reverse, outer_sum, shift
 
 FEEDBACKS = ("symmetric", "random")
@@ -79,8 +87,13 @@ class EProp(LearningRule):
     supported_models = (RecurrentSpikingNet,)
 
     def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int | None = None,
-                 kappa: float = 0.0, lr_scale: float = 5.0, time_chunk: int = 8):
+                 kappa: float = 0.0, lr_scale: float = 5.0, time_chunk: int = 8, rate_reg: float = 0.0,
+                 target_rate: float = 0.02):
         super().__init__(model)
+        if rate_reg < 0 or not 0.0 <= target_rate <= 1.0:
+            raise ConfigError(f"rule.rate_reg must be >= 0 and rule.target_rate in [0, 1] (spikes per step), got "
+                              f"{rate_reg}, {target_rate}")
+        self.rate_reg, self.target_rate = float(rate_reg), float(target_rate)
         check_choice("feedback", feedback, FEEDBACKS, "e-prop")
         if not 0.0 <= float(kappa) <= 1.0:
             raise ConfigError(f"rule.kappa (the readout filter) must be in [0, 1], got {kappa}")
@@ -108,9 +121,11 @@ class EProp(LearningRule):
         Bfb, W_out, b_out = self.feedback_weights(), head.weight, head.bias
         nb = len(y)
         target = F.one_hot(y, W_out.shape[0]).to(W_out.dtype)
-        st: dict[str, Tensor | float] = {"n": 0.0, "one": 0.0, "loss": 0.0}
+        st: dict[str, Tensor | float] = {"n": 0.0, "one": 0.0, "loss": 0.0, "count": 0.0}
         g = {k: torch.zeros_like(p) for k, p in (("w_in", layer.input.weight), ("b_in", layer.input.bias),
                                                    ("w_rec", layer.recurrent), ("w_out", W_out), ("b_out", b_out))}
+        reg = {k: torch.zeros_like(g[k]) for k in ("w_in", "w_rec", "b_in")} if self.rate_reg else None
+        alif = AdaptationTraces(layer.adaptation, layer.rho, kappa) if layer.adaptation else None
 
         def on_chunk(t0: int, x_c: Tensor, z: Tensor, h: Tensor) -> None:
             steps = len(z)
@@ -133,11 +148,18 @@ class EProp(LearningRule):
             err = (torch.softmax(logits, -1) - target) / (nb * T)
             g["w_out"] += outer_sum(err, r)
             g["b_out"] += err.sum((0, 1))
-            sig = decay_reverse(err @ Bfb / n, kappa)        # learning signal L, reverse-filtered with kappa
+            signal = err @ Bfb / n                           # learning signal L_t [c, B, H]
+            sig = decay_reverse(signal, kappa)               # ... reverse-filtered with kappa
             gr = decay_reverse(sig * psi, a)                 # G = Lr psi, reverse-filtered with a
-            g["w_in"] += outer_sum(gr, x_c).mul_(c).addmm_(gr[0].t(), st["xbar"], alpha=a)
-            g["w_rec"] += outer_sum(gr, z_prev).mul_(c).addmm_(gr[0].t(), st["zbar"], alpha=a)
-            g["b_in"] += gr.sum((0, 1)) * c + gr[0].sum(0) * (a * st["one"])
+            self._add_presynaptic(g, gr, x_c, z_prev, st, a, c)
+            if reg is not None:                              # Σ_t Σ_b psi_t xbar_t: the regulariser's eligibility
+                self._add_presynaptic(reg, decay_reverse(psi, a), x_c, z_prev, st, a, c)
+                st["count"] = z.sum((0, 1)) + st["count"]
+            if alif is not None:                             # the adaptation part of the eligibility (ALIF)
+                one = decay(torch.full((steps,), c, dtype=psi.dtype), a, psi.new_tensor(float(st["one"])))
+                pres = {"w_in": decay(x_c * c, a, st["xbar"]), "w_rec": decay(z_prev * c, a, st["zbar"]),
+                        "b_in": one.view(steps, 1, 1).expand(steps, nb, 1)}
+                alif.chunk(psi, pres, signal, g, reg)
             if kappa:                                        # the per-synapse traces carried into this chunk
                 g["w_in"] += torch.einsum("bj,bji->ji", sig[0], st["e_in"]).mul_(kappa)
                 g["w_rec"] += torch.einsum("bj,bji->ji", sig[0], st["e_rec"]).mul_(kappa)
@@ -151,12 +173,29 @@ class EProp(LearningRule):
 
         chunks = (encode_steps(x, t0, min(C, T - t0), T, kind) for t0 in range(0, T, C))
         layer(chunks, on_chunk=on_chunk)
+        logs = {"loss": float(st["loss"])}
+        if reg is not None:                                  # E_reg = c_reg/2 Σ_j (f_j - f0)^2 (eprop_alif docstring)
+            rate_err = st["count"] / (T * nb) - self.target_rate                      # [H]
+            coef = rate_err * (self.rate_reg / (T * nb))
+            g["w_in"] += coef.unsqueeze(1) * reg["w_in"]
+            g["w_rec"] += coef.unsqueeze(1) * reg["w_rec"]
+            g["b_in"] += coef * reg["b_in"]
+            logs["rate_loss"] = 0.5 * self.rate_reg * float(rate_err.pow(2).sum())
+            logs["rate"] = float(st["count"].mean()) / (T * nb)
         g["w_rec"] *= layer.mask
         for key, p in (("w_in", layer.input.weight), ("b_in", layer.input.bias), ("w_rec", layer.recurrent),
                        ("w_out", W_out), ("b_out", b_out)):
             if p.requires_grad:
                 p.grad = g[key] if p.grad is None else p.grad + g[key]
-        return {"loss": float(st["loss"])}
+        return logs
+
+    @staticmethod
+    def _add_presynaptic(g: dict, gr: Tensor, x_c: Tensor, z_prev: Tensor, st: dict, a: float, c: float) -> None:
+        """g[w_in, w_rec, b_in] += Σ_t G_tᵀ xbar_t (and zbar_t, 1bar_t) for the a-reverse-filtered factor gr of G
+        (`bioplaus.rules.traces`, (*)), the traces carried into the chunk in st."""
+        g["w_in"] += outer_sum(gr, x_c).mul_(c).addmm_(gr[0].t(), st["xbar"], alpha=a)
+        g["w_rec"] += outer_sum(gr, z_prev).mul_(c).addmm_(gr[0].t(), st["zbar"], alpha=a)
+        g["b_in"] += gr.sum((0, 1)) * c + gr[0].sum(0) * (a * st["one"])
 
     @staticmethod
     def _carry_synapse_traces(st: dict, psi: Tensor, x_c: Tensor, z_prev: Tensor, a: float, c: float,

@@ -34,6 +34,7 @@ RULES = {
     "noprop_learned": partial(NoProp, T=2, width=16, embedding="learned"),
     "ff": ForwardForward, "ff_readout": partial(ForwardForward, inference="readout"),
     "eprop": EProp, "eprop_random": partial(EProp, feedback="random"), "eprop_kappa": partial(EProp, kappa=0.8),
+    "eprop_rate_reg": partial(EProp, rate_reg=1.0, kappa=0.5),
     "tess": TESS, "tess_causal": partial(TESS, alpha_post=0.0, surrogate="fast_sigmoid"),
     "ep": partial(EquilibriumPropagation, T1=4, T2=3), "ep_ce_onesided": partial(
         EquilibriumPropagation, T1=4, T2=2, loss="ce", symmetric=False, random_sign=True),
@@ -42,7 +43,9 @@ RULES = {
 MODELS = {"mlp": partial(MLP, hidden=[32, 16]), "convnet": partial(ConvNet, channels=[4, 8]),
           "spiking_mlp": partial(SpikingMLP, hidden=[32, 16], T=3),
           "spiking_convnet": partial(SpikingConvNet, channels=[4, 8], T=2),
-          "recurrent_spiking": partial(RecurrentSpikingNet, hidden=16, T=3)}
+          "spiking_convnet_ws": partial(SpikingConvNet, channels=[4, 8], T=2, norm="ws"),
+          "recurrent_spiking": partial(RecurrentSpikingNet, hidden=16, T=3),
+          "recurrent_spiking_alif": partial(RecurrentSpikingNet, hidden=16, T=3, adaptation=0.5)}
 
 
 def _rule_class(make_rule):
@@ -51,7 +54,9 @@ def _rule_class(make_rule):
 
 # Variants that refuse a model their class supports (checked with the variant's own message).
 VARIANT_REFUSES = {("ccl_autoencode", "spiking_mlp"): "rule.task=autoencode supports mlp and convnet",
-                   ("ep", "convnet"): "model.norm=none", ("ep_ce_onesided", "convnet"): "model.norm=none"}
+                   ("ep", "convnet"): "model.norm=none", ("ep_ce_onesided", "convnet"): "model.norm=none",
+                   ("tess", "spiking_convnet"): "without BatchNorm.*model.norm=ws",
+                   ("tess_causal", "spiking_convnet"): "without BatchNorm.*model.norm=ws"}
 
 
 def _pairs(supported: bool):
@@ -108,7 +113,8 @@ def test_refused_models_get_one_clear_error(rule_id, model_id):
         with pytest.raises(ConfigError, match=VARIANT_REFUSES[rule_id, model_id]):
             RULES[rule_id](MODELS[model_id]([1, 8, 8], 10))
         return
-    with pytest.raises(UnsupportedModelError, match=f"cannot train model {model_id}: it supports"):
+    name = MODELS[model_id].func.name                      # the model's config name (variants share it)
+    with pytest.raises(UnsupportedModelError, match=f"cannot train model {name}: it supports"):
         RULES[rule_id](MODELS[model_id]([1, 8, 8], 10))
 
 

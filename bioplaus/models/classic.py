@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
@@ -17,7 +19,30 @@ from bioplaus.models.base import Layered, Readout, check_widths, flat_size, line
 from bioplaus.neurons import make_neuron
 from bioplaus.neurons.encoding import Encoder, per_step, step_shape
 
-NORMS = {"batch": nn.BatchNorm2d, "none": lambda c: nn.Identity()}
+
+class WSConv2d(nn.Conv2d):
+    """Conv2d whose kernel is standardised per output channel: W_o -> g_o (W_o - mean) / (std sqrt(fan_in)),
+    so a unit-variance input gives an output of variance ~g_o^2 whatever the width (g: learnable gain [C_out])."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int = 0, gain: float = 1.0, eps: float = 1e-5):
+        super().__init__(c_in, c_out, kernel, padding=padding, bias=True)
+        self.gain = nn.Parameter(torch.full((c_out,), float(gain)))
+        self.eps = eps
+
+    def standardized_weight(self) -> Tensor:
+        w = self.weight
+        fan_in = w[0].numel()
+        mean = w.mean((1, 2, 3), keepdim=True)
+        std = w.std((1, 2, 3), keepdim=True, unbiased=False)
+        return self.gain.view(-1, 1, 1, 1) * (w - mean) / (std * math.sqrt(fan_in) + self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+NORMS = ("batch", "none", "ws")
+
+
 class Dense(nn.Module):
     """Flatten -> Linear -> activation: [B, ...] -> [B, out]."""
 
@@ -48,20 +73,24 @@ class SpikingDense(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Conv3x3 (same padding) -> BatchNorm -> activation or neuron -> 2x2 max-pool.
-    norm="none": no BatchNorm and the conv gets a bias (what an energy-based rule such as EP needs).
+    """Conv3x3 (same padding) -> norm -> activation or neuron -> 2x2 max-pool.
+    norm: "batch" (BatchNorm, conv without bias), "none" (no BatchNorm, the conv gets a bias: what an
+    energy-based rule such as EP needs) or "ws" (weight standardisation, `WSConv2d`, with a bias). With "none"
+    or "ws" no batch statistics stand between conv and neuron: the charge is h_t = a v_{t-1} + b I_t with
+    I_t = conv(s_t) + bias, the form TESS's traces need.
 
     Static: [B, C, H, W] -> [B, C', H/2, W/2]. Spiking: [T, B, C, H, W] -> spikes [T, B, C', H/2, W/2]
     (conv and norm run on the merged [T*B] axis, the conv once when the input repeats one step (direct
     encoding, `per_step`); pooling spikes keeps them binary)."""
 
     def __init__(self, c_in: int, c_out: int, activation: str = "relu", neuron: dict | None = None,
-                 norm: str = "batch"):
+                 norm: str = "batch", ws_gain: float = 2.0):
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(f"unknown model.norm '{norm}': choose one of {', '.join(NORMS)}")
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")
-        self.norm = NORMS[norm](c_out)
+        self.conv = WSConv2d(c_in, c_out, 3, 1, ws_gain) if norm == "ws" else \
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")
+        self.norm = nn.BatchNorm2d(c_out) if norm == "batch" else nn.Identity()
         self.spiking = neuron is not None
         self.act = make_neuron(size=c_out, **neuron) if self.spiking else make_activation(activation)
         self.pool = nn.MaxPool2d(2)
@@ -150,20 +179,25 @@ class SpikingMLP(SpikingLayered):
 
 class SpikingConvNet(SpikingLayered):
     """Encoder -> spiking ConvBlock(channels[0]) -> ... -> time-averaged Linear readout.
-    norm="none": no BatchNorm, the convs get biases (ConvBlock)."""
+    norm="none": no BatchNorm, the convs get biases; "ws": weight-standardised convs (gain `ws_gain`) with
+    biases (ConvBlock). Without BatchNorm TESS trains it (`bioplaus.rules.tess`)."""
 
     name = "spiking_convnet"
 
     def __init__(self, in_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (16, 32),
-                 T: int = 4, encoding: str = "direct", neuron: dict | None = None, norm: str = "batch"):
+                 T: int = 4, encoding: str = "direct", neuron: dict | None = None, norm: str = "batch",
+                 ws_gain: float = 2.0):
         super().__init__()
         nrn = self._setup_time(T, encoding, neuron)
         self.in_shape = tuple(int(d) for d in in_shape)
         chans = check_widths("channels", channels)
         c, self.dims = _conv_dims(step_shape(self.in_shape, self.T, encoding), chans)
-        self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn, norm=norm) for i, o in zip([c, *chans], chans))
+        self.norm = norm
+        self.layers = nn.ModuleList(ConvBlock(i, o, neuron=nrn, norm=norm, ws_gain=ws_gain)
+                                    for i, o in zip([c, *chans], chans))
         self.n_classes = int(n_classes)
         self.head = Readout(self.dims[-1], self.n_classes, spiking=True)
 
 
-__all__ = ["MLP", "ConvBlock", "ConvNet", "Dense", "SpikingConvNet", "SpikingDense", "SpikingLayered", "SpikingMLP"]
+__all__ = ["MLP", "NORMS", "ConvBlock", "ConvNet", "Dense", "SpikingConvNet", "SpikingDense", "SpikingLayered",
+           "SpikingMLP", "WSConv2d"]

@@ -1,4 +1,4 @@
-"""A recurrent spiking network: one recurrent LIF layer and a time-averaged linear readout.
+"""A recurrent spiking network: one recurrent LIF (or ALIF) layer and a time-averaged linear readout.
 
 The Layered skeleton (see `bioplaus.models.base`) with a single layer:
 
@@ -15,6 +15,20 @@ zero diagonal; t = 0..T-1, z_{-1} = 0, v_{-1} = 0):
     v_t = h_t - theta z_t                                 soft reset, its gradient path detached
 
 with a = 1 - 1/tau and c = 1 (default, e-prop's LIF) or 1/tau (decay_input=True, SpikingJelly's LIF).
+
+ALIF (`adaptation` beta > 0; Bellec et al. 2020, "A solution to the learning dilemma for recurrent networks
+of spiking neurons"): each spike raises the neuron's threshold, which relaxes back with time constant
+`tau_adapt` (rho = exp(-1/tau_adapt)); q_{-1} = 0:
+
+    A_t = theta + beta q_{t-1}                            adaptive threshold
+    z_t = H(h_t - A_t)                                    spike (surrogate g'(h_t - A_t))
+    v_t = h_t - theta z_t                                 soft reset by the base threshold, detached (as LIF)
+    q_t = rho q_{t-1} + z_t                               adaptation variable (its path through z_t is kept)
+
+The neuron stays `LIFNode` (spike statistics and kernels as for LIF): it runs on the shifted membrane
+h'_t = h_t - beta q_{t-1} with threshold theta, which its own charge h'_t = a v'_{t-1} + c I'_t produces from the
+input I'_t = I_t - (beta / c)(q_{t-1} - a q_{t-2}) (induction: v'_t = v_t - beta q_{t-1}). `on_chunk`'s h is
+then h - beta q_{t-1}, so h - theta is the neuron's distance to its adaptive threshold either way.
 The neuron is `bioplaus.neurons.LIFNode` in single-step mode (so the statistics layer counts its spikes
 inside the kernel as for every spiking layer). Why soft reset with a detached reset path: it is e-prop's
 LIF (Bellec et al. 2020), it keeps the pre-reset membrane recoverable from the state (h_t = v_t + theta z_t),
@@ -56,8 +70,13 @@ class RecurrentLIF(nn.Module):
 
     def __init__(self, d_in: int, d_hidden: int, tau: float = 4.0, v_threshold: float = 1.0,
                  decay_input: bool = False, surrogate: str = "atan", alpha: float | None = None,
-                 weight_gain: float = 1.25, recurrent_gain: float = 1.0, backend: str = "auto"):
+                 weight_gain: float = 1.25, recurrent_gain: float = 1.0, backend: str = "auto",
+                 adaptation: float = 0.0, tau_adapt: float = 20.0):
         super().__init__()
+        if adaptation < 0 or tau_adapt <= 0:
+            raise ConfigError(f"model.adaptation must be >= 0 and model.tau_adapt > 0 (steps), got {adaptation}, "
+                              f"{tau_adapt}")
+        self.adaptation, self.tau_adapt = float(adaptation), float(tau_adapt)
         if d_in < 1 or d_hidden < 2:
             raise ConfigError(f"a recurrent LIF layer needs d_in >= 1 and hidden >= 2, got {d_in}, {d_hidden}")
         if weight_gain <= 0 or recurrent_gain < 0:
@@ -83,6 +102,11 @@ class RecurrentLIF(nn.Module):
         a, c = self.neuron.coefficients()
         return float(a), float(c)
 
+    @property
+    def rho(self) -> float:
+        """The adaptation variable's decay per step, exp(-1 / tau_adapt) (ALIF)."""
+        return math.exp(-1.0 / self.tau_adapt)
+
     def recurrent_weight(self) -> Tensor:
         """W_rec [H, H] with its diagonal held at zero (no self-connection)."""
         return self.recurrent * self.mask
@@ -91,13 +115,19 @@ class RecurrentLIF(nn.Module):
         W = self.recurrent_weight()
         self.neuron.reset()
         out, z, t0 = [], None, 0
+        beta, (a, c) = self.adaptation, self.coefficients()
+        q = q_prev = None                                 # ALIF: q_{t-1}, q_{t-2}
         for chunk in ([h] if isinstance(h, Tensor) else h):
             x = chunk.flatten(2)
             zs, hs = [], []
             for i_t in linear_per_step(self.input, x):   # the chunk's input currents in one product
                 if z is not None:
                     i_t = torch.addmm(i_t, z, W.t())
+                if beta and q is not None:                # the shifted membrane's input (module docstring)
+                    i_t = i_t - (beta / c) * (q if q_prev is None else q - a * q_prev)
                 z = self.neuron(i_t)
+                if beta:
+                    q, q_prev = (z if q is None else self.rho * q + z), q
                 zs.append(z)
                 if on_chunk is not None:
                     hs.append(self.neuron.v + self.threshold * z)
@@ -123,7 +153,8 @@ class RecurrentSpikingNet(Layered):
     def __init__(self, in_shape: Sequence[int], n_classes: int, hidden: int = 128, T: int = 10,
                  encoding: str = "rate", tau: float = 4.0, v_threshold: float = 1.0, decay_input: bool = False,
                  surrogate: str = "atan", alpha: float | None = None, weight_gain: float = 1.25,
-                 recurrent_gain: float = 1.0, backend: str = "auto"):
+                 recurrent_gain: float = 1.0, backend: str = "auto", adaptation: float = 0.0,
+                 tau_adapt: float = 20.0):
         super().__init__()
         if isinstance(hidden, (list, tuple)):
             if len(hidden) != 1:
@@ -134,7 +165,8 @@ class RecurrentSpikingNet(Layered):
         self.in_shape = tuple(int(d) for d in in_shape)
         d_in = int(math.prod(step_shape(self.in_shape, self.T, encoding)))
         self.layers = nn.ModuleList([RecurrentLIF(d_in, int(hidden), tau, v_threshold, decay_input, surrogate,
-                                                  alpha, weight_gain, recurrent_gain, backend)])
+                                                  alpha, weight_gain, recurrent_gain, backend, adaptation,
+                                                  tau_adapt)])
         self.dims, self.n_classes = [int(hidden)], int(n_classes)
         self.head = Readout(int(hidden), self.n_classes, spiking=True)
 

@@ -30,42 +30,18 @@ not depend on the rest of the batch. conv and norm run on the merged [T * B] axi
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.errors import ConfigError
 from bioplaus.models.base import Layered, Readout
-from bioplaus.models.classic import SpikingConvNet
+from bioplaus.models.classic import NORMS, SpikingConvNet, WSConv2d
 from bioplaus.neurons import make_neuron
 from bioplaus.neurons.encoding import step_shape
 
-NORMS = ("batch", "none", "ws")
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-
-
-class WSConv2d(nn.Conv2d):
-    """Conv2d whose kernel is standardised per output channel: W_o -> g_o (W_o - mean) / (std sqrt(fan_in)),
-    so a unit-variance input gives an output of variance ~g_o^2 whatever the width (g: learnable gain [C_out])."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int = 0, gain: float = 1.0, eps: float = 1e-5):
-        super().__init__(c_in, c_out, kernel, padding=padding, bias=True)
-        self.gain = nn.Parameter(torch.full((c_out,), float(gain)))
-        self.eps = eps
-
-    def standardized_weight(self) -> Tensor:
-        w = self.weight
-        fan_in = w[0].numel()
-        mean = w.mean((1, 2, 3), keepdim=True)
-        std = w.std((1, 2, 3), keepdim=True, unbiased=False)
-        return self.gain.view(-1, 1, 1, 1) * (w - mean) / (std * math.sqrt(fan_in) + self.eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def conv_norm(c_in: int, c_out: int, kernel: int, norm: str, ws_gain: float) -> nn.Sequential:
