@@ -157,7 +157,9 @@ def test_learns_rate_coded_digits_above_the_control():
         model = SpikingMLP(data.in_shape, 10, T=10, encoding="rate")
         acc[name] = train(make(model), data, TrainConfig(epochs=20, progress=False), seed=0,
                           device=torch.device("cpu"))["test_acc"]
-    assert acc["tess"] >= 0.95 and acc["tess"] >= acc["readout"] + 0.01, acc
+    # measured: tess 0.964 / 0.967, readout_only 0.911 / 0.897 (seeds 0 / 1): a margin of 0.03 that a rule doing
+    # nothing (or training only the head) cannot reach
+    assert acc["tess"] >= 0.95 and acc["tess"] >= acc["readout"] + 0.03, acc
 
 
 def test_beats_the_control_on_a_fashion_subset():
