@@ -212,7 +212,9 @@ def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]
     rows = []
     for (data, model, rule, variant, setting), rs in groups.items():
         acc = summarise([r["test_acc"] for r in rs])
+        arm = override_map(rs[0].get("overrides") or []).get("arm") or ""
         row = {"data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
+               "arm": arm.rsplit("/", 1)[-1],
                "seeds": acc.n, "test_acc": acc.mean, "test_acc_std": acc.std, "test_acc_lo": acc.lo,
                "test_acc_hi": acc.hi, "_summary": acc}
         ctrl = _control_for((data, model, variant), setting, controls)      # the control: 0 against itself
@@ -245,6 +247,13 @@ def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]
             r["rank"] = k
     for r in rows:
         del r["_summary"]
+    seen: dict[tuple, int] = {}
+    for r in rows:                                  # two arms, one rule label (backprop on two widths): name the arm
+        k = (r["data"], r["model"], r["rule"], r["variant"])
+        seen[k] = seen.get(k, 0) + 1
+    for r in rows:
+        if seen[(r["data"], r["model"], r["rule"], r["variant"])] > 1 and r["arm"]:
+            r["rule"] = f"{r['rule']} [{r['arm']}]"
     rows.sort(key=lambda r: (r["data"], r["model"], r["variant"], r["rule"] == CONTROL, -r["test_acc"]))
     failed = [_failed_row(r, _variant(r, variant_keys or [])) for r in runs if r.get("status", "ok") != "ok"]
     return rows + sorted(failed, key=lambda r: (r["data"], r["model"], r["rule"], str(r["seed"])))

@@ -77,3 +77,13 @@ def test_compare_writes_intervals_capacity_and_a_plot(tmp_path):
     md = (tmp_path / "comparison.md").read_text()
     assert "[95% CI]" in md and "train MAC/update" in md and "| 1.00k | 2.00k |" in md
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_arms_of_one_rule_are_named_by_their_arm():
+    """backprop on the default MLP and on a widened one (bp_mlp, bp_wide_mlp): two rows, each named by its arm."""
+    runs = []
+    for arm, hidden, acc in (("tuned/digits/bp_mlp", (64,), 0.97), ("tuned/digits/bp_wide_mlp", (1536,), 0.98)):
+        r = _record(None, "backprop", 0, acc, hidden=hidden)
+        r["overrides"] = [f"+arm={arm}", "seed=0"]
+        runs.append(r)
+    assert sorted(r["rule"] for r in table(runs)) == ["backprop [bp_mlp]", "backprop [bp_wide_mlp]"]
