@@ -134,6 +134,7 @@ def test_the_command_writes_neurobench_json_beside_stats_h5(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "bioplaus.run", "model=spiking_mlp", "model.T=3", "model.hidden=[32]",
                         "trainer.epochs=2", "trainer.progress=false", "trainer.checkpoint=true",
+                        "trainer.keep_checkpoint=true",
                         f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "bioplaus.export.neurobench_metrics", str(out)], capture_output=True,

@@ -174,7 +174,7 @@ def _load_job(run_dir: Path):
         raise ConfigError(f"{run_dir} has no stats.h5: give the directory of a finished bioplaus-run job")
     if not ck_file.is_file():
         raise ConfigError(f"{run_dir} has no checkpoint.pt, so its trained weights are not on disk: rerun the job "
-                          "with trainer.checkpoint=true")
+                          "with trainer.checkpoint=true trainer.keep_checkpoint=true")
     attrs = load(stats_file)["attrs"]
     cfg = OmegaConf.create(attrs["config"])
     job = build(cfg)
@@ -204,8 +204,8 @@ def cli(argv: list[str] | None = None) -> None:
     """`python -m bioplaus.export.neurobench_metrics RUN_DIR` (console script `bioplaus-neurobench`)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: bioplaus-neurobench RUN_DIR   (a run made with trainer.checkpoint=true; writes "
-              "RUN_DIR/neurobench.json)", file=sys.stderr)
+        print("usage: bioplaus-neurobench RUN_DIR   (a run made with trainer.checkpoint=true "
+              "trainer.keep_checkpoint=true; writes RUN_DIR/neurobench.json)", file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     try:
         doc = write(argv[0])
