@@ -84,3 +84,15 @@ def test_layout_lists_every_module_and_only_existing_ones():
 
 def test_readme_stays_short():
     assert len(README.splitlines()) <= 260
+
+
+def test_every_results_page_is_on_the_docs_site():
+    """Each experiments/results/*.md has its docs page (a snippet include) and a nav entry, so a link between
+    results pages never breaks `mkdocs build --strict`."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in sorted((ROOT / "experiments" / "results").glob("*.md")):
+        if page.name == "README.md":
+            continue
+        doc = ROOT / "docs" / "results" / page.name
+        assert doc.is_file() and f'experiments/results/{page.name}' in doc.read_text(), page.name
+        assert f"results/{page.name}" in nav, page.name
