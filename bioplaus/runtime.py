@@ -28,11 +28,6 @@ from bioplaus.errors import ConfigError
 CONTROL = "readout_only"
 
 
-def _snake(name: str) -> str:
-    import re
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-
-
 def rule_label(choice: str | None, target: str | None) -> str:
     """The label of a run's rule: its config name for a shipped rule class, else the user class's `name`."""
     target = str(target or "")
@@ -42,7 +37,9 @@ def rule_label(choice: str | None, target: str | None) -> str:
     try:
         return str(getattr(importlib.import_module(module), cls).name)
     except (ImportError, AttributeError, ValueError):
-        return _snake(cls) if cls else str(choice or "rule")
+        from bioplaus.models.base import snake
+
+        return snake(cls) if cls else str(choice or "rule")
 
 
 def register_resolvers() -> None:
