@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+from bench_train_step import CLOCKS, interleaved  # the same round-robin timing as the step benchmark
 
 
 def arm(rule, x, y):
@@ -66,19 +63,6 @@ def arms(batch: int, T: int) -> dict[str, dict]:
         "recurrent spiking 784-128": {"BPTT": fresh(rnn, Backprop), "e-prop": fresh(rnn, EProp),
                                       "e-prop step by step": fresh(rnn, lambda m: EProp(m, time_chunk=1))},
     }
-
-
-def interleaved(fns: dict, repeat: int, warmup: int, clock) -> dict[str, float]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            times[k].append(clock() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main():

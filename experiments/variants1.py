@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from arm_runs import arm_table, commands, jobs, run
 
 FASHION = ["data=fashion", "data.n_train=10000", "trainer.epochs=20", "trainer.batch_size=128"]
 FASHION_5 = [*FASHION[:2], "trainer.epochs=5", *FASHION[3:]]
@@ -72,27 +71,10 @@ RUNS: dict[str, list[tuple[str, list[str], list[int]]]] = {
 }
 
 
-def command(overrides: list[str], seed: int, run_dir: Path) -> list[str]:
-    return ["bioplaus-run", *overrides, f"seed={seed}", "trainer.progress=false", f"hydra.run.dir={run_dir}"]
 
 
-def jobs(groups):
-    for group in groups:
-        for label, overrides, seeds in RUNS[group]:
-            for seed in seeds:
-                yield group, label, seed, overrides
 
 
-def run(out: Path, groups) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for group, label, seed, overrides in jobs(groups):
-        run_dir = out / group / f"{label}_s{seed}"
-        if (run_dir / "metrics.json").exists():
-            continue
-        print(" ".join(command(overrides, seed, run_dir)), flush=True)
-        done = subprocess.run(command(overrides, seed, run_dir), env=env)
-        if done.returncode:
-            print(f"  failed (exit {done.returncode}); going on", flush=True)
 
 
 def block_share(run_dir: Path) -> dict:
@@ -121,7 +103,7 @@ def block_share(run_dir: Path) -> dict:
 
 
 def measure_shares(out: Path) -> None:
-    for _, label, seed, overrides in jobs(["noprop-memory"]):
+    for _, label, seed, overrides in jobs(RUNS, ["noprop-memory"]):
         run_dir = out / "noprop-memory" / f"{label}_s{seed}"
         share = run_dir / "block_share.json"
         if "rule.schedule=sequential" in overrides and (run_dir / "metrics.json").exists() and not share.exists():
@@ -155,30 +137,9 @@ def memory_table(out: Path) -> str:
 def table(out: Path, groups) -> str:
     lines = []
     for group in groups:
-        rows: dict[str, list[dict]] = {}
-        for _, label, seed, _ in jobs([group]):
-            path = out / group / f"{label}_s{seed}" / "metrics.json"
-            if path.exists():
-                rows.setdefault(label, []).append(json.loads(path.read_text()))
-        if not rows:
-            continue
-        control = statistics.fmean(r["test_acc"] for r in rows["readout_only"]) if "readout_only" in rows else None
-        lines += [f"\n### {group}\n", "| arm | seeds | test acc | vs readout_only | train acc | held for backward "
-                  "(MB, 1st update) | saved for backward (MB) | peak RSS growth (MB) | train time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for label, rs in rows.items():
-            acc = [r["test_acc"] for r in rs]
-            sd = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
-            mean = statistics.fmean(acc)
-            margin = "—" if control is None or label == "readout_only" else f"{mean - control:+.4f}"
-            per = ", ".join(f"{a:.4f}" for a in acc)
-            lines.append(f"| {label} | {len(rs)} ({per}) | **{mean:.4f}**{sd} | {margin} | "
-                         f"{statistics.fmean(r['train_acc'] for r in rs):.4f} | "
-                         f"{statistics.fmean(r['held_for_backward_peak_mb'] for r in rs):.2f} | "
-                         f"{statistics.fmean(r['saved_for_backward_mb'] for r in rs):.2f} | "
-                         f"{statistics.fmean(r['peak_mem_mb'] for r in rs):.0f} | "
-                         f"{statistics.fmean(r['train_time_s'] for r in rs):.0f} |")
-        if group == "noprop-memory":
+        rows = arm_table(RUNS, out, group, mb_digits=2)
+        lines += rows
+        if group == "noprop-memory" and rows:
             lines.append(memory_table(out))
     return "\n".join(lines)
 
@@ -191,10 +152,9 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     groups = a.group or list(RUNS)
     if a.what == "commands":
-        for group, label, seed, overrides in jobs(groups):
-            print(f"OMP_NUM_THREADS=1 {' '.join(command(overrides, seed, a.out / group / f'{label}_s{seed}'))}")
+        print("\n".join(commands(RUNS, a.out, groups)))
     elif a.what == "run":
-        run(a.out, groups)
+        run(RUNS, a.out, groups)
         if "noprop-memory" in groups:
             measure_shares(a.out)
     else:

@@ -20,12 +20,10 @@ peak RSS growth also holds the evaluation's multi-step forward, which grows with
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from arm_runs import arm_table, commands, run
 
 # Fashion-10k at a budget two shared cores allow: 5 epochs, batch 64, a 2,000-image test subset
 FASHION = ["data=fashion", "data.n_train=10000", "data.n_test=2000", "trainer.epochs=5"]
@@ -60,55 +58,16 @@ RUNS: dict[str, list[tuple[str, list[str], list[int]]]] = {
 }
 
 
-def command(overrides: list[str], seed: int, run_dir: Path) -> list[str]:
-    return ["bioplaus-run", *overrides, f"seed={seed}", "trainer.progress=false", f"hydra.run.dir={run_dir}"]
 
 
-def jobs(groups):
-    for group in groups:
-        for label, overrides, seeds in RUNS[group]:
-            for seed in seeds:
-                yield group, label, seed, overrides
 
 
-def run(out: Path, groups) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for group, label, seed, overrides in jobs(groups):
-        run_dir = out / group / f"{label}_s{seed}"
-        if (run_dir / "metrics.json").exists():
-            continue
-        print(" ".join(command(overrides, seed, run_dir)), flush=True)
-        done = subprocess.run(command(overrides, seed, run_dir), env=env)
-        if done.returncode:
-            print(f"  failed (exit {done.returncode}); going on", flush=True)
 
 
 def table(out: Path, groups) -> str:
     lines = []
     for group in groups:
-        rows: dict[str, list[dict]] = {}
-        for _, label, seed, _ in jobs([group]):
-            path = out / group / f"{label}_s{seed}" / "metrics.json"
-            if path.exists():
-                rows.setdefault(label, []).append(json.loads(path.read_text()))
-        if not rows:
-            continue
-        control = statistics.fmean(r["test_acc"] for r in rows["readout_only"]) if "readout_only" in rows else None
-        lines += [f"\n### {group}\n", "| arm | seeds | test acc | vs readout_only | train acc | held for backward "
-                  "(MB, 1st update) | saved for backward (MB) | peak RSS growth (MB) | train time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for label, rs in rows.items():
-            acc = [r["test_acc"] for r in rs]
-            sd = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
-            mean = statistics.fmean(acc)
-            margin = "—" if control is None or label == "readout_only" else f"{mean - control:+.4f}"
-            per = ", ".join(f"{a:.4f}" for a in acc)
-            lines.append(f"| {label} | {len(rs)} ({per}) | **{mean:.4f}**{sd} | {margin} | "
-                         f"{statistics.fmean(r['train_acc'] for r in rs):.4f} | "
-                         f"{statistics.fmean(r['held_for_backward_peak_mb'] for r in rs):.3f} | "
-                         f"{statistics.fmean(r['saved_for_backward_mb'] for r in rs):.3f} | "
-                         f"{statistics.fmean(r['peak_mem_mb'] for r in rs):.0f} | "
-                         f"{statistics.fmean(r['train_time_s'] for r in rs):.0f} |")
+        lines += arm_table(RUNS, out, group, mb_digits=3)
     return "\n".join(lines)
 
 
@@ -148,10 +107,9 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     groups = a.group or list(RUNS)
     if a.what == "commands":
-        for group, label, seed, overrides in jobs(groups):
-            print(f"OMP_NUM_THREADS=1 {' '.join(command(overrides, seed, a.out / group / f'{label}_s{seed}'))}")
+        print("\n".join(commands(RUNS, a.out, groups)))
     elif a.what == "run":
-        run(a.out, groups)
+        run(RUNS, a.out, groups)
     elif a.what == "live":
         print(live())
     else:

@@ -42,7 +42,7 @@ class DenseSynapse:
         self.lsg_dim = layer.linear.out_features
 
     def begin(self) -> None:
-        pass
+        """Nothing to prepare for an update (the conv synapse standardises its kernel here)."""
 
     @staticmethod
     def prepare(h: Tensor) -> Tensor:

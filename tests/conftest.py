@@ -152,3 +152,26 @@ def _zero_updates(request, monkeypatch):
 
         monkeypatch.setattr(cls, "assign_credit", _zeroed(vars(cls)["assign_credit"]))
     yield
+
+
+@pytest.fixture
+def backward_groups(monkeypatch):
+    """backward_groups(run, groups) -> one set per backward() call that `run()` makes: the names of the parameter
+    groups ({name: [params]}) whose gradients that call changed. For rules whose claim is that each local loss
+    reaches only its own layer."""
+    def record(run, groups: dict) -> list[set]:
+        touched, real_backward = [], torch.Tensor.backward
+
+        def backward(self, *a, **kw):
+            before = {k: [None if p.grad is None else p.grad.clone() for p in ps] for k, ps in groups.items()}
+            real_backward(self, *a, **kw)
+            touched.append({k for k, ps in groups.items()
+                            if any(p.grad is not None and (b is None or not torch.equal(p.grad, b))
+                                   for p, b in zip(ps, before[k]))})
+
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "backward", backward)
+            run()
+        return touched
+
+    return record

@@ -60,7 +60,7 @@ def test_forward_forward_variants_learn(variant, floor):
 
 
 @pytest.mark.parametrize("variant", ["sf", "ff_la", "ff_vn"])
-def test_each_layer_loss_changes_only_its_own_layer(variant, small, monkeypatch):
+def test_each_layer_loss_changes_only_its_own_layer(variant, small, backward_groups):
     """Every backward() in one update fills the gradients of exactly one layer (plus, for the first, the
     class-node embedding), in order: no error crosses layers."""
     torch.manual_seed(0)
@@ -68,17 +68,7 @@ def test_each_layer_loss_changes_only_its_own_layer(variant, small, monkeypatch)
     groups = {f"layer{i}": list(layer.parameters()) for i, layer in enumerate(rule.model.layers)}
     if rule.class_nodes is not None:
         groups["embedding"] = [rule.class_nodes.weight]
-    touched, real_backward = [], torch.Tensor.backward
-
-    def backward(self, *a, **kw):
-        before = {k: [None if p.grad is None else p.grad.clone() for p in ps] for k, ps in groups.items()}
-        real_backward(self, *a, **kw)
-        touched.append({k for k, ps in groups.items()
-                        if any(p.grad is not None and (b is None or not torch.equal(p.grad, b))
-                               for p, b in zip(ps, before[k]))})
-
-    monkeypatch.setattr(torch.Tensor, "backward", backward)
-    rule.assign_credit(small.x_train, small.y_train)
+    touched = backward_groups(lambda: rule.assign_credit(small.x_train, small.y_train), groups)
     first = {"layer0", "embedding"} if variant != "ff_la" else {"layer0"}
     assert touched == [first, {"layer1"}, {"layer2"}]
     assert all(p.grad is None for p in rule.model.head.parameters())

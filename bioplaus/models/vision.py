@@ -135,10 +135,15 @@ class SpikingVGG(SpikingConvNet):
             layers.append(SpikingConv(c, width, nrn, norm, pool if pooled else None, ws_gain))
             self.dims.append(width * h * w)
             c = width
-        self.norm = norm
-        self.layers = nn.ModuleList(layers)
-        self.n_classes = int(n_classes)
-        self.head = Readout(self.dims[-1], self.n_classes, spiking=True)
+        _attach(self, layers, norm, n_classes)
+
+
+def _attach(model: nn.Module, layers: list, norm: str, n_classes: int) -> None:
+    """The layers, their norm, and the spiking readout on the last layer's pooled width (model.dims[-1])."""
+    model.norm = norm
+    model.layers = nn.ModuleList(layers)
+    model.n_classes = int(n_classes)
+    model.head = Readout(model.dims[-1], model.n_classes, spiking=True)
 
 
 class SEWResNet(SpikingConvNet):
@@ -164,10 +169,7 @@ class SEWResNet(SpikingConvNet):
             layers.append(SEWBlock(c, width, nrn, norm, ws_gain))
             self.dims.append(width * h * w)
             c = width
-        self.norm = norm
-        self.layers = nn.ModuleList(layers)
-        self.n_classes = int(n_classes)
-        self.head = Readout(self.dims[-1], self.n_classes, spiking=True)
+        _attach(self, layers, norm, n_classes)
 
 
 __all__ = ["NORMS", "SEWBlock", "SEWResNet", "SpikingConv", "SpikingVGG", "VGG11", "WSConv2d", "conv_norm"]
