@@ -19,7 +19,8 @@ a run is the config's `variant` (tuned, paper; nothing for default) plus the val
 seeds and the labels (rule, model, data, arm, experiment), e.g. `trainer.optimizer.lr=0.01`. Nothing is selected
 on test data: each run reports its last epoch's test accuracy.
 Runs are never mixed silently: runs whose command-line overrides differ in a key the sweep did not sweep
-(`multirun.yaml`; without one, in anything but a config group), runs with the same overrides but different
+(`multirun.yaml`; without one, in anything but a config group; `arm`, a comparison's unit, may always differ: one
+sweep per arm, as experiments/pipeline.py runs them, is one comparison), runs with the same overrides but different
 configs, and one config and seed found twice are each refused with one ConfigError naming the keys and dirs.
 A damaged metrics.json or failed.json is refused naming the file.
 """
@@ -116,7 +117,7 @@ def check_mix(runs: list[dict], swept: set[str] | None) -> list[str]:
     recs = [r for r in runs if r.get("overrides") is not None and r.get("config") is not None]
     maps = [override_map(r["overrides"]) for r in recs]
     varying = sorted(k for k in set().union(*maps) if len({m.get(k, "<unset>") for m in maps}) > 1)
-    allowed = {"seed"} | (set(GROUPS) if swept is None else swept)
+    allowed = {"seed", "arm"} | (set(GROUPS) if swept is None else swept)    # an arm is a comparison's unit
     bad = [k for k in varying if k not in allowed]
     if bad:
         k, v0 = bad[0], maps[0].get(bad[0], "<unset>")

@@ -23,8 +23,12 @@ normalised to an average (kappa = 0: the step's own spikes; kappa = 1: the runni
 is exactly the model's head, logits = W_out mean_t z_t + b_out):
 
     r_t = kappa r_{t-1} + z_t,   n_t = kappa n_{t-1} + 1,   y_t = W_out (r_t / n_t) + b_out     [B, C]
-    pi_t = softmax(y_t),   E = (1/B) sum_b (1/T) sum_t CE(y_t, y*)
-    err_t = (pi_t - onehot(y*)) / (B T)                                     [B, C]  (dE/dy_t)
+    pi_t = softmax(y_t),   E = (1/B) sum_b (1/K) sum_{t >= T-K} CE(y_t, y*)
+    err_t = (pi_t - onehot(y*)) / (B K) for t >= T-K, else 0              [B, C]  (dE/dy_t)
+
+K = model.readout_steps (default T: every step is scored). With K < T (a decision window after a delay,
+Bellec et al. 2020's evidence accumulation) only the window's steps carry a learning signal; the traces still
+run over all T steps, so credit reaches the cue period through them (and, for ALIF, through eps^a).
     L_t   = err_t Bfb / n_t                                                 [B, H]  (learning signal)
 
 with Bfb = W_out [C, H] ("symmetric" e-prop) or a fixed random matrix of that shape ("random" e-prop; a
@@ -115,6 +119,7 @@ class EProp(LearningRule):
         model = self.model
         layer, head = model.layers[0], model.head.linear
         T, kind, C = model.T, model.encoder.kind, self.time_chunk
+        K = model.readout_steps                              # the readout scores steps T-K..T-1
         a, c = layer.coefficients()
         theta, kappa = layer.threshold, self.kappa
         spec = get_surrogate(layer.neuron.surrogate)
@@ -144,8 +149,10 @@ class EProp(LearningRule):
             r_raw = decay(z, kappa, st["r"])                 # r_t = kappa r_{t-1} + z_t [c, B, H]
             r = r_raw / n                                    # the readout's input r_t / n_t
             logits = r @ W_out.t() + b_out                   # [c, B, C]
-            st["loss"] += F.cross_entropy(logits.flatten(0, 1), y.repeat(steps), reduction="sum").item() / (nb * T)
-            err = (torch.softmax(logits, -1) - target) / (nb * T)
+            scored = (torch.arange(t0, t0 + steps) >= T - K).to(z.dtype).view(steps, 1, 1)  # the readout window
+            ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(steps), reduction="none").view(steps, nb, 1)
+            st["loss"] += float((ce * scored).sum()) / (nb * K)
+            err = (torch.softmax(logits, -1) - target) * (scored / (nb * K))
             g["w_out"] += outer_sum(err, r)
             g["b_out"] += err.sum((0, 1))
             signal = err @ Bfb / n                           # learning signal L_t [c, B, H]

@@ -43,7 +43,8 @@ def reference_loss(model, x, y, kappa, stop_gradient=True):
         z = spike(h - layer.threshold, layer.neuron.surrogate, layer.neuron.alpha)
         v = h - layer.threshold * z.detach()
         r, n = (z if r is None else kappa * r + z), kappa * n + 1
-        loss = loss + F.cross_entropy((r / n) @ head.weight.T + head.bias, y) / model.T
+        if t >= model.T - model.readout_steps:              # the readout window (default: every step)
+            loss = loss + F.cross_entropy((r / n) @ head.weight.T + head.bias, y) / model.readout_steps
     return loss
 
 
@@ -85,12 +86,14 @@ def test_online_path_gives_the_same_spikes():
     assert all(torch.equal(z, (h >= m.layers[0].threshold).double()) for z, h in seen)    # h is pre-reset
 
 
-@pytest.mark.parametrize("kappa,time_chunk", [(0.0, 8), (0.6, 8), (1.0, 8), (0.0, 1), (0.6, 4), (1.0, 5)])
-def test_eprop_equals_autograd_with_stop_gradients(kappa, time_chunk):
+@pytest.mark.parametrize("kappa,time_chunk,window", [(0.0, 8, None), (0.6, 8, None), (1.0, 8, None), (0.0, 1, None),
+                                                     (0.6, 4, None), (1.0, 5, None), (0.0, 4, 2), (0.6, 1, 3)])
+def test_eprop_equals_autograd_with_stop_gradients(kappa, time_chunk, window):
     """Hard-coded e-prop == autodiff with the recurrent and reset paths detached (float64, to 1e-10), in any
-    time chunks (T = 6: one chunk, step by step, chunks of 4 + 2 and 5 + 1 carrying the traces across);
-    full BPTT of the same loss differs (the recurrent path carries credit e-prop leaves out)."""
-    m = tiny()
+    time chunks (T = 6: one chunk, step by step, chunks of 4 + 2 and 5 + 1 carrying the traces across) and with a
+    readout window (model.readout_steps = 2, 3: only the last steps scored); full BPTT of the same loss differs
+    (the recurrent path carries credit e-prop leaves out)."""
+    m = tiny(readout_steps=window)
     x, y = torch.rand(5, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
     logs = EProp(m, kappa=kappa, time_chunk=time_chunk).assign_credit(x, y)
     got = grads(m)

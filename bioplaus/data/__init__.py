@@ -18,7 +18,8 @@ from bioplaus.data.augment import Augment
 from bioplaus.data.base import IGNORE_INDEX, TASKS, Dataset, batches, subset, unigram_loss
 from bioplaus.data.cache import MappedArray
 from bioplaus.data.images import FASHION_ROOT, IDX_FILES, digits, fashion, idx_dataset, mnist, read_idx
-from bioplaus.data.spikes import spike_timing
+from bioplaus.data.spikes import cue_accumulation, spike_timing
 
 __all__ = ["Augment", "FASHION_ROOT", "IDX_FILES", "IGNORE_INDEX", "MappedArray", "TASKS", "Dataset", "batches",
-           "digits", "fashion", "idx_dataset", "mnist", "read_idx", "spike_timing", "subset", "unigram_loss"]
+           "cue_accumulation", "digits", "fashion", "idx_dataset", "mnist", "read_idx", "spike_timing", "subset",
+           "unigram_loss"]

@@ -110,14 +110,18 @@ def as_call(module: nn.Module, fn, z: Tensor) -> Tensor:
 
 
 class Readout(nn.Module):
-    """Head: pool h (flatten; spiking: mean over T first) then one Linear -> logits [B, C]."""
+    """Head: pool h (flatten; spiking: mean over T first) then one Linear -> logits [B, C]. `last` (spiking
+    only): average only the last `last` steps of h [T, B, ...] (a decision window read after a delay); None:
+    all T steps."""
 
-    def __init__(self, in_dim: int, n_classes: int, spiking: bool):
+    def __init__(self, in_dim: int, n_classes: int, spiking: bool, last: int | None = None):
         super().__init__()
-        self.spiking = spiking
+        self.spiking, self.last = spiking, (int(last) if last else None)
         self.linear = nn.Linear(in_dim, n_classes)
 
     def forward(self, h: Tensor) -> Tensor:
+        if self.spiking and self.last is not None:
+            h = h[-self.last:]
         return self.linear(pool(h, self.spiking))
 
 

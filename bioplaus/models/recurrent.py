@@ -4,7 +4,9 @@ The Layered skeleton (see `bioplaus.models.base`) with a single layer:
 
     h_0    = model.encode(x)                              [T, B, F]   (F = prod of one step's input shape)
     z      = model.layers[0](h_0)                         spikes [T, B, H]
-    logits = model.head(z) = W_out mean_t(z_t) + b_out    [B, C]
+    logits = model.head(z) = W_out mean_t(z_t) + b_out    [B, C]   (t over the last `readout_steps` steps;
+                                                                    default all T: a decision window read
+                                                                    after a delay, as in Bellec et al. 2020)
 
 `RecurrentLIF` (H neurons, input weights W_in [H, F] with bias b [H], recurrent weights W_rec [H, H] with
 zero diagonal; t = 0..T-1, z_{-1} = 0, v_{-1} = 0):
@@ -154,7 +156,7 @@ class RecurrentSpikingNet(Layered):
                  encoding: str = "rate", tau: float = 4.0, v_threshold: float = 1.0, decay_input: bool = False,
                  surrogate: str = "atan", alpha: float | None = None, weight_gain: float = 1.25,
                  recurrent_gain: float = 1.0, backend: str = "auto", adaptation: float = 0.0,
-                 tau_adapt: float = 20.0):
+                 tau_adapt: float = 20.0, readout_steps: int | None = None):
         super().__init__()
         if isinstance(hidden, (list, tuple)):
             if len(hidden) != 1:
@@ -168,7 +170,11 @@ class RecurrentSpikingNet(Layered):
                                                   alpha, weight_gain, recurrent_gain, backend, adaptation,
                                                   tau_adapt)])
         self.dims, self.n_classes = [int(hidden)], int(n_classes)
-        self.head = Readout(int(hidden), self.n_classes, spiking=True)
+        if readout_steps is not None and not 1 <= int(readout_steps) <= self.T:
+            raise ConfigError(f"model.readout_steps must be in 1..T={self.T} (the last steps the readout averages) "
+                              f"or null (all of them), got {readout_steps}")
+        self.readout_steps = int(readout_steps) if readout_steps else self.T
+        self.head = Readout(int(hidden), self.n_classes, spiking=True, last=self.readout_steps)
 
 
 
