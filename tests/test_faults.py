@@ -413,6 +413,26 @@ def test_compare_refuses_two_sweeps_in_one_dir_naming_the_key(tmp_path):
     assert not (tmp_path / "comparison.md").exists()
 
 
+def test_compare_takes_one_sweep_per_arm_as_one_comparison(tmp_path):
+    """experiments/pipeline.py runs one seed sweep per arm (arm not swept in any multirun.yaml): the arms form one
+    table; a key other than arm that differs between those sweeps is still refused."""
+    from bioplaus.compare import compare
+    from bioplaus.errors import ConfigError
+
+    for arm in ("bp_mlp", "readout_only_mlp"):
+        (tmp_path / arm).mkdir()
+        (tmp_path / arm / "multirun.yaml").write_text(f"hydra:\n  overrides:\n    task:\n    - +arm={arm}\n"
+                                                      "    - seed=0,1\n")
+        for s in (0, 1):
+            _record(tmp_path / arm / str(s), [f"+arm={arm}", f"seed={s}"], seed=s,
+                    rule="backprop" if arm == "bp_mlp" else "readout_only", acc=0.8 + 0.05 * (arm == "bp_mlp"))
+    rows = compare(tmp_path, echo=False)
+    assert sorted((r["rule"], r["seeds"]) for r in rows) == [("backprop", 2), ("readout_only", 2)]
+    _record(tmp_path / "bp_mlp" / "2", ["+arm=bp_mlp", "seed=2", "trainer.epochs=2"], epochs=2, seed=2)
+    with pytest.raises(ConfigError, match=r"runs differ in trainer.epochs, which the sweep did not sweep"):
+        compare(tmp_path, echo=False)
+
+
 def test_compare_groups_a_swept_key_as_variants_not_seeds(tmp_path):
     from bioplaus.compare import compare
 
