@@ -20,7 +20,8 @@ low-pass filtered with the membrane decay (factorised, per presynaptic neuron):
 
 Readout and learning signal. The rule trains the readout that filters the spikes with the same kappa,
 normalised to an average (kappa = 0: the step's own spikes; kappa = 1: the running mean, which at t = T-1
-is exactly the model's head, logits = W_out mean_t z_t + b_out):
+is exactly the model's head, logits = W_out mean_t z_t + b_out, when the head averages all T steps; with a
+readout window, model.readout_steps = K < T, the head averages only the last K steps while r_t runs from t = 0):
 
     r_t = kappa r_{t-1} + z_t,   n_t = kappa n_{t-1} + 1,   y_t = W_out (r_t / n_t) + b_out     [B, C]
     pi_t = softmax(y_t),   E = (1/B) sum_b (1/K) sum_{t >= T-K} CE(y_t, y*)
