@@ -5,6 +5,8 @@ one process; medians, ratios and the ops of one update.
   coding, T = 10, batch 128 (the Fashion-10k shape of experiments/results/rules.md)
 - e-prop vs BPTT on the recurrent spiking net 784 -> 128 (configs/model/recurrent_spiking.yaml), rate coding,
   T = 10, batch 128
+- e-prop as the paper runs it (ALIF eligibility, rate regulariser; configs/rule/eprop_paper.yaml) vs BPTT on the
+  same net with ALIF neurons (configs/model/recurrent_spiking_alif.yaml)
 
 Each rule runs in its time-chunked form (the rule's default `time_chunk`) and in the step-by-step form
 (`time_chunk=1`). A step is what `bioplaus.train` runs: zero_grad, `rule.assign_credit(x, y)`, Adam step. The
@@ -57,11 +59,17 @@ def arms(batch: int, T: int) -> dict[str, dict]:
 
     mlp = lambda: SpikingMLP((1, 28, 28), 10, hidden=[256, 256], T=T, encoding="rate")          # noqa: E731
     rnn = lambda: RecurrentSpikingNet((1, 28, 28), 10, hidden=128, T=T, encoding="rate")       # noqa: E731
+    alif = lambda: RecurrentSpikingNet((1, 28, 28), 10, hidden=128, T=T, encoding="rate",      # noqa: E731
+                                       adaptation=1.0, tau_adapt=40.0)
+    paper = lambda m: EProp(m, rate_reg=1.0, target_rate=0.02)                                # noqa: E731
     return {
         "spiking MLP 784-256-256-10": {"BPTT": fresh(mlp, Backprop), "TESS": fresh(mlp, TESS),
                                        "TESS step by step": fresh(mlp, lambda m: TESS(m, time_chunk=1))},
         "recurrent spiking 784-128": {"BPTT": fresh(rnn, Backprop), "e-prop": fresh(rnn, EProp),
                                       "e-prop step by step": fresh(rnn, lambda m: EProp(m, time_chunk=1))},
+        "recurrent ALIF 784-128": {"BPTT": fresh(alif, Backprop), "e-prop (eprop_paper)": fresh(alif, paper),
+                                   "e-prop (eprop_paper) step by step":
+                                       fresh(alif, lambda m: EProp(m, rate_reg=1.0, target_rate=0.02, time_chunk=1))},
     }
 
 
