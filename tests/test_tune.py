@@ -69,3 +69,26 @@ def test_tuned_arms_are_known_options_of_the_arm_group():
     check_overrides(["+arm=tuned/digits/bp_mlp,bp_mlp", "seed=0,1"])
     with pytest.raises(ConfigError, match="unknown arm 'tuned/digits/bp_mpl'"):
         check_overrides(["+arm=tuned/digits/bp_mpl"])
+
+
+def test_pipeline_orders_arms_by_cost_resumes_and_names_unknown_arms(tmp_path, monkeypatch):
+    """experiments/pipeline.py: cheapest arms first, a comparison whose seeds all have metrics.json is not rerun
+    (paper presets are never tuned), an unknown arm is one line before anything runs."""
+    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "experiments" / "pipeline.py")
+    pipe = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec.loader.exec_module(pipe)
+    assert pipe.order(["noprop_mlp", "zz_new_arm", "bp_mlp", "readout_only_mlp"]) == [
+        "readout_only_mlp", "bp_mlp", "noprop_mlp", "zz_new_arm"]
+    assert set(pipe.PAPER["fashion"]) <= set(pipe.COST) and set(pipe.ARMS["fashion"]) <= set(pipe.COST)
+    calls = []
+    monkeypatch.setattr(pipe, "subprocess", type("Fake", (), {"run": staticmethod(lambda c, **kw: calls.append(c))}))
+    for s in (0, 1):
+        (tmp_path / "cmp" / "fashion" / "fa_paper_mlp" / str(s)).mkdir(parents=True)
+        (tmp_path / "cmp" / "fashion" / "fa_paper_mlp" / str(s) / "metrics.json").write_text("{}")
+    assert pipe.run_arm("fashion", "fa_paper_mlp", 8, "0,1", tmp_path) is None and calls == []
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "pipeline.py"), "--protocol", "digits", "--arms",
+                        "bp_mlp,no_such_arm", "--out", str(tmp_path)], capture_output=True, text=True, env=ENV)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
+        "pipeline.py: no configs/arm/no_such_arm.yaml; pick arms from configs/arm/")
+    assert not (tmp_path / "logs").exists()
