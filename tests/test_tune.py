@@ -88,7 +88,8 @@ def test_pipeline_orders_arms_by_cost_resumes_and_names_unknown_arms(tmp_path, m
         (tmp_path / "cmp" / "fashion" / "fa_paper_mlp" / str(s) / "metrics.json").write_text("{}")
     assert pipe.run_arm("fashion", "fa_paper_mlp", 8, "0,1", tmp_path) is None and calls == []
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "pipeline.py"), "--protocol", "digits", "--arms",
-                        "bp_mlp,no_such_arm", "--out", str(tmp_path)], capture_output=True, text=True, env=ENV)
+                        "bp_mlp,no_such_arm", "--out", str(tmp_path / "new")], capture_output=True, text=True,
+                       env=ENV)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
         "pipeline.py: no configs/arm/no_such_arm.yaml; pick arms from configs/arm/")
-    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "new").exists()
