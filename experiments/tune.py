@@ -36,7 +36,7 @@ ARMS = {   # the arms of each protocol's comparison (the paper presets are compa
     "digits": ["bp_mlp", "readout_only_mlp", "fa_mlp", "dfa_mlp", "sign_symmetry_mlp", "ccl_mlp", "noprop_mlp",
                "ff_mlp", "ep_mlp", "bptt_spiking_mlp", "readout_only_spiking_mlp", "tess_spiking_mlp",
                "eprop_recurrent_spiking", "bptt_recurrent_spiking", "readout_only_recurrent_spiking",
-               "noprop_bp_mlp", "bp_wide_mlp"],
+               "noprop_bp_mlp", "bp_wide_mlp", "perforated_mlp", "readout_only_recurrent_alif"],
 }
 ARMS["fashion"] = list(ARMS["digits"])
 
