@@ -31,12 +31,15 @@ PAPER = {"digits": ["fa_paper_mlp", "dfa_paper_mlp", "sign_symmetry_paper_mlp", 
                     "ep_paper_mlp", "perforated_paper_mlp", "tess_paper_spiking_mlp", "eprop_paper_recurrent_alif",
                     "noprop_paper_mlp"]}
 PAPER["fashion"] = list(PAPER["digits"])
+PAPER["sbm"] = ["forward_gnn_paper_gcn"]
 COST = ["readout_only_mlp", "fa_mlp", "dfa_mlp", "sign_symmetry_mlp", "bp_mlp", "fa_paper_mlp", "dfa_paper_mlp",
         "sign_symmetry_paper_mlp", "perforated_paper_mlp", "perforated_mlp", "ccl_mlp", "ccl_paper_mlp", "ff_mlp",
         "ff_paper_mlp", "readout_only_spiking_mlp", "readout_only_recurrent_spiking", "readout_only_recurrent_alif",
         "bptt_recurrent_spiking", "eprop_recurrent_spiking", "bptt_spiking_mlp", "tess_spiking_mlp",
         "tess_paper_spiking_mlp", "ep_mlp", "ep_paper_mlp", "bp_wide_mlp", "noprop_mlp", "noprop_bp_mlp",
-        "eprop_paper_recurrent_alif", "noprop_paper_mlp"]
+        "eprop_paper_recurrent_alif", "noprop_paper_mlp", "readout_only_gcn", "bp_gcn", "forward_gnn_gcn",
+        "forward_gnn_top2input_gcn", "forward_gnn_top2loss_gcn", "forward_gnn_la_gcn", "forward_gnn_vn_gcn",
+        "forward_gnn_paper_gcn"]
 
 
 def order(arms: list[str]) -> list[str]:

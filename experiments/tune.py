@@ -39,6 +39,8 @@ ARMS = {   # the arms of each protocol's comparison (the paper presets are compa
                "noprop_bp_mlp", "bp_wide_mlp", "perforated_mlp", "readout_only_recurrent_alif"],
 }
 ARMS["fashion"] = list(ARMS["digits"])
+ARMS["sbm"] = ["bp_gcn", "readout_only_gcn", "forward_gnn_gcn", "forward_gnn_top2input_gcn", "forward_gnn_top2loss_gcn",
+               "forward_gnn_la_gcn", "forward_gnn_vn_gcn"]
 
 
 def arm_rule(arm: str) -> str:
