@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from tune import ARMS  # noqa: E402
+from tune import ARMS, RUN  # noqa: E402
 
 PAPER = {"digits": ["fa_paper_mlp", "dfa_paper_mlp", "sign_symmetry_paper_mlp", "ccl_paper_mlp", "ff_paper_mlp",
                     "ep_paper_mlp", "perforated_paper_mlp", "tess_paper_spiking_mlp", "eprop_paper_recurrent_alif",
@@ -68,7 +68,7 @@ def run_arm(protocol: str, arm: str, trials: int, seeds: str, out: Path) -> str 
         n_seeds = len(seeds.split(","))
         if len(list(sweep.glob("*/metrics.json"))) >= n_seeds:
             return None
-        if not step(["bioplaus-run", "-m", f"+protocol={protocol}", f"+arm={name}", f"seed={seeds}", "threads=1",
+        if not step([*RUN, "-m", f"+protocol={protocol}", f"+arm={name}", f"seed={seeds}", "threads=1",
                      "trainer.progress=false", f"hydra.sweep.dir={sweep}"]):
             return f"{arm}: comparison failed (see {log})"
     return None

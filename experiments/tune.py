@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+RUN = [sys.executable, "-m", "bioplaus.run"]    # bioplaus-run of this interpreter (whatever PATH says)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 ARMS = {   # the arms of each protocol's comparison (the paper presets are compared untuned, beside these)
@@ -55,11 +57,11 @@ def arm_rule(arm: str) -> str:
 def study(protocol: str, arm: str, trials: int, out: Path, extra: list[str] = ()) -> dict:
     """Run (or read) one arm's study; return its trials and best values."""
     result = out / "optimization_results.yaml"
-    cmd = ["bioplaus-run", "-m", "experiment=tune", f"+protocol={protocol}", f"+arm={arm}",
+    cmd = [*RUN, "-m", "experiment=tune", f"+protocol={protocol}", f"+arm={arm}",
            f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={out}", "~hydra.callbacks.compare", *extra]
     rule = arm_rule(arm)
     if (CONFIGS / "search" / f"{rule}.yaml").exists():
-        cmd.insert(5, f"+search={rule}")
+        cmd.insert(len(RUN) + 4, f"+search={rule}")
     wall = None
     if not result.exists():
         t0 = time.perf_counter()
