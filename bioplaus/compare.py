@@ -40,11 +40,11 @@ from bioplaus.rundir import FAILED, config_diff, describe
 from bioplaus.sweep import GROUPS, override_map
 
 CONTROL = "readout_only"
-COLUMNS = ["data", "model", "rule", "variant", "seeds", "test_acc", "test_acc_std", "test_acc_lo", "test_acc_hi",
-           "margin_vs_control", "margin_lo", "margin_hi", "rank", "params", "trained_params", "mac_per_sample",
-           "sop_per_sample", "train_mac_per_step", "train_acc", "train_time_s", "time_per_step_ms", "peak_mem_mb",
-           "saved_for_backward_mb", "energy_uj_per_sample", "firing_rate", "train_energy_mj_per_step", "epochs",
-           "status", "error"]
+COLUMNS = ["data", "model", "rule", "variant", "seeds", "metric", "test_acc", "test_acc_std", "test_acc_lo",
+           "test_acc_hi", "margin_vs_control", "margin_lo", "margin_hi", "rank", "params", "trained_params",
+           "mac_per_sample", "sop_per_sample", "train_mac_per_step", "train_acc", "train_time_s", "time_per_step_ms",
+           "peak_mem_mb", "saved_for_backward_mb", "energy_uj_per_sample", "firing_rate", "train_energy_mj_per_step",
+           "epochs", "status", "error"]
 REQUIRED = ("data", "model", "rule", "test_acc", "train_acc", "train_time_s", "peak_mem_mb", "epochs")
 LABELS = ("rule", "model", "data", "arm", "experiment")     # override keys the row labels already show
 NAN = float("nan")
@@ -160,6 +160,15 @@ def label(run: dict) -> str:
     return str(run.get("rule_config") or run["rule"])
 
 
+def score(run: dict) -> float:
+    """The number a run is ranked by: its metrics.json `metric` key (test_auc for link prediction; runs written
+    before the key existed: test_acc). The table's test_acc columns hold it, and its `metric` column names it."""
+    key = run.get("metric") or "test_acc"
+    if not isinstance(run.get(key), (int, float)):
+        raise ConfigError(f"{run.get('_path', 'a run')} names metric '{key}' but has no number for it")
+    return float(run[key])
+
+
 def _stat(run: dict, key: str) -> float:
     return float(run.get("stats", {}).get(key, float("nan")))
 
@@ -173,7 +182,7 @@ def _failed_row(r: dict, variant: str) -> dict:
     row = {k: NAN for k in COLUMNS}
     row.update(data=r["data"], model=r["model"], rule=label(r), seeds=1, epochs=r.get("config", {}).get(
         "trainer", {}).get("epochs", "") if isinstance(r.get("config"), dict) else "", variant=variant,
-        status=r["status"], error=r["error"], seed=r.get("seed"), rank="")
+        status=r["status"], error=r["error"], seed=r.get("seed"), rank="", metric="")
     return row
 
 
@@ -212,16 +221,17 @@ def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]
     controls = {(d, m, st, v): rs for (d, m, rule, v, st), rs in groups.items() if rule == CONTROL}
     rows = []
     for (data, model, rule, variant, setting), rs in groups.items():
-        acc = summarise([r["test_acc"] for r in rs])
+        acc = summarise([score(r) for r in rs])
         arm = override_map(rs[0].get("overrides") or []).get("arm") or ""
         row = {"data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
+               "metric": rs[0].get("metric") or "test_acc",
                "arm": arm.rsplit("/", 1)[-1],
                "seeds": acc.n, "test_acc": acc.mean, "test_acc_std": acc.std, "test_acc_lo": acc.lo,
                "test_acc_hi": acc.hi, "_summary": acc}
         ctrl = _control_for((data, model, variant), setting, controls)      # the control: 0 against itself
         if ctrl is not None:
-            m = margin({r.get("seed", i): r["test_acc"] for i, r in enumerate(rs)},
-                       {r.get("seed", i): r["test_acc"] for i, r in enumerate(ctrl)})
+            m = margin({r.get("seed", i): score(r) for i, r in enumerate(rs)},
+                       {r.get("seed", i): score(r) for i, r in enumerate(ctrl)})
             row.update(margin_vs_control=m.mean, margin_lo=m.lo, margin_hi=m.hi)
         else:
             row.update(margin_vs_control=NAN, margin_lo=NAN, margin_hi=NAN)
@@ -281,6 +291,11 @@ HEAD = ("| data | model | rule | variant | seeds | test acc (mean ± std) [95% C
         "| ms/step | peak mem (MB) | saved for bwd (MB) | energy/sample (µJ) | firing rate | epochs | status |")
 
 
+def _named(row: dict) -> str:
+    """' (test_auc)' after a score that is not test accuracy, else ''."""
+    return "" if row.get("metric", "test_acc") == "test_acc" else f" ({row['metric']})"
+
+
 def to_markdown(rows: list[dict]) -> str:
     """The comparison table. Rank: 1 + the rows (same data) whose 95% interval lies wholly above this row's; equal
     ranks are ties (their intervals overlap), so an order is stated only where the intervals separate."""
@@ -295,7 +310,8 @@ def to_markdown(rows: list[dict]) -> str:
             else f"{r['margin_vs_control']:+.4f}" + _interval(r["margin_lo"], r["margin_hi"], signed=True)
         std = f" ± {r['test_acc_std']:.4f}" if r["seeds"] > 1 else ""
         lines.append(f"| {r['data']} | {r['model']} | {r['rule']} | {r['variant'] or '—'} | {r['seeds']} "
-                     f"| {r['test_acc']:.4f}{std}{_interval(r['test_acc_lo'], r['test_acc_hi'])} | {margin_} "
+                     f"| {r['test_acc']:.4f}{std}{_interval(r['test_acc_lo'], r['test_acc_hi'])}{_named(r)} "
+                     f"| {margin_} "
                      f"| {r['rank']} | {_si(r['params'])} | {_si(r['trained_params'])} | {_si(r['mac_per_sample'])} "
                      f"| {_si(r['sop_per_sample'])} | {_si(r['train_mac_per_step'])} | {r['train_acc']:.4f} "
                      f"| {r['train_time_s']:.1f} | {r['time_per_step_ms']:.2f} | {r['peak_mem_mb']:.1f} "

@@ -21,7 +21,8 @@ Everything measured about the run (time, memory, the first update's ops, passes 
 `bioplaus.checkpoint`. The loop itself has no branches for either.
 
 `train` returns the metrics dict that `bioplaus-run` writes to metrics.json:
-test_acc, train_acc, steps, epochs, val_acc (last epoch's, when trainer.val_fraction > 0),
+test_acc, metric (the key a comparison ranks by: `Dataset.metric`, test_acc or test_auc), train_acc, steps, epochs,
+val_acc (and val_auc for links: the last epoch's, when trainer.val_fraction > 0),
 history (per-epoch loss / test_acc / ...), the task's own metrics (`Dataset.task_metrics`: for language
 modelling test_loss in nats per token, bits_per_char and the unigram baseline; for link prediction test_auc, and
 val_auc in the epoch rows, from every output of the evaluation: `Dataset.output_metrics`) and the meter's cost metrics
@@ -290,10 +291,12 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
     return {
         "test_acc": test_acc,
+        "metric": data.metric,
         **data.task_metrics(test_loss),
         **data.output_metrics(out, "test"),
         "train_acc": accuracy(rule, x_train, y_train, eval_bs, device, par),
-        **({"val_acc": history[-1]["val_acc"]} if x_val is not None and history else {}),
+        **({k: history[-1][k] for k in ("val_acc", "val_auc") if k in history[-1]} if x_val is not None and history
+           else {}),
         **meter.metrics(steps, par.sum),
         "steps": steps,
         "epochs": int(cfg.epochs),

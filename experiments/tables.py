@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bioplaus.compare import _si, check_mix, load_runs, swept_keys, table  # noqa: E402
+from bioplaus.compare import _named, _si, check_mix, load_runs, swept_keys, table  # noqa: E402
 from bioplaus.errors import ConfigError  # noqa: E402
 
 NAN = float("nan")
@@ -68,7 +68,7 @@ def render(rows: list[dict]) -> str:
         margin = "—" if r["margin_vs_control"] != r["margin_vs_control"] else \
             f"{r['margin_vs_control']:+.4f}{_ci(r['margin_lo'], r['margin_hi'], True)}"
         lines.append(f"| {r['rule']} | {r['variant'] or '—'} | {r['model']} | {r['seeds']} "
-                     f"| **{r['test_acc']:.4f}**{std}{_ci(r['test_acc_lo'], r['test_acc_hi'])} | {margin} "
+                     f"| **{r['test_acc']:.4f}**{std}{_ci(r['test_acc_lo'], r['test_acc_hi'])}{_named(r)} | {margin} "
                      f"| {r['rank']} | {_si(r['params'])} | {_si(r['trained_params'])} | {_si(r['mac_per_sample'])} "
                      f"| {_si(r['sop_per_sample'])} | {_si(r['train_mac_per_step'])} | {r['train_time_s']:.1f} "
                      f"| {r['epochs']} |")

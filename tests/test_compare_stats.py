@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as st
 
 from bioplaus.compare import compare, table
+from bioplaus.errors import ConfigError
 
 T2 = st.t.ppf(0.975, 2)                    # three seeds
 
@@ -87,3 +88,31 @@ def test_two_arms_of_one_rule_are_named_by_their_arm():
         r["overrides"] = [f"+arm={arm}", "seed=0"]
         runs.append(r)
     assert sorted(r["rule"] for r in table(runs)) == ["backprop [bp_mlp]", "backprop [bp_wide_mlp]"]
+
+
+def test_link_runs_are_ranked_by_their_metric_the_test_auc(tmp_path):
+    """A run's `metric` names what the table aggregates: link prediction's test_auc, not the pair accuracy at a
+    fixed threshold (here the two disagree on the order); the csv names the metric, the markdown marks it."""
+    auc = {"backprop": [0.61, 0.60, 0.62], "forward_gnn": [0.70, 0.69, 0.71], "readout_only": [0.52, 0.53, 0.51]}
+    pair_acc = {"backprop": 0.60, "forward_gnn": 0.50, "readout_only": 0.50}
+    for rule, aucs in auc.items():
+        for s, a in enumerate(aucs):
+            rec = _record(None, rule, s, pair_acc[rule])
+            rec.update(metric="test_auc", test_auc=a)
+            (tmp_path / f"{rule}_{s}").mkdir()
+            (tmp_path / f"{rule}_{s}" / "metrics.json").write_text(json.dumps(rec))
+    rows = {r["rule"]: r for r in compare(tmp_path, echo=False)}
+    assert rows["forward_gnn"]["test_acc"] == pytest.approx(0.70) and rows["forward_gnn"]["metric"] == "test_auc"
+    assert rows["forward_gnn"]["margin_vs_control"] == pytest.approx(0.18)
+    assert (rows["forward_gnn"]["rank"], rows["backprop"]["rank"]) == (1, 2)
+    with open(tmp_path / "comparison.csv") as f:
+        assert {r["metric"] for r in csv.DictReader(f)} == {"test_auc"}
+    assert "0.7000 ± 0.0100" in (tmp_path / "comparison.md").read_text()
+    assert "(test_auc)" in (tmp_path / "comparison.md").read_text()
+
+
+def test_a_run_naming_a_metric_it_lacks_is_refused():
+    rec = _record(None, "backprop", 0, 0.9)
+    rec.update(metric="test_auc", _path="runs/x/metrics.json")
+    with pytest.raises(ConfigError, match=r"runs/x/metrics.json names metric 'test_auc' but has no number"):
+        table([rec])

@@ -74,11 +74,13 @@ def test_trainer_reports_auc_per_epoch_and_at_the_end(links):
     rule = Backprop(GCN([2], 2, graph=links.graph, hidden=[32], task="link"))
     m = train(rule, links, TrainConfig(epochs=3, batch_size=100_000, progress=False, val_fraction=0.2), seed=0)
     assert {"test_auc", "val_auc"} <= set(m["history"][-1]) and 0 <= m["test_auc"] <= 1
+    assert m["metric"] == "test_auc" and m["val_auc"] == m["history"][-1]["val_auc"]     # what compare / tune read
     rule.eval()
     logits = rule.predict(links.x_test)
     assert m["test_auc"] == pytest.approx(roc_auc(logits[:, 1] - logits[:, 0], links.y_test))
-    assert "test_auc" not in train(Backprop(GCN([], 5, graph=links.graph, hidden=[8])),
-                                   _node_data(links), TrainConfig(epochs=1, progress=False), seed=0)
+    node = train(Backprop(GCN([], 5, graph=links.graph, hidden=[8])), _node_data(links),
+                 TrainConfig(epochs=1, progress=False), seed=0)
+    assert "test_auc" not in node and node["metric"] == "test_acc"
 
 
 def _node_data(links):

@@ -38,6 +38,8 @@ def test_a_study_maximises_val_acc_over_the_declared_space(tmp_path):
     tune.CONFIGS = tmp_path / "configs"                                    # write beside a copy of the arm
     (tune.CONFIGS / "arm").mkdir(parents=True)
     (tune.CONFIGS / "arm" / "ep_mlp.yaml").write_text((ROOT / "configs" / "arm" / "ep_mlp.yaml").read_text())
+    (tune.CONFIGS / "protocol").mkdir()
+    (tune.CONFIGS / "protocol" / "digits.yaml").write_text((ROOT / "configs" / "protocol" / "digits.yaml").read_text())
     path = tune.write_tuned("digits", res)
     written = yaml.safe_load(path.read_text())
     assert written["rule"]["beta"] == best["best_params"]["rule.beta"] and written["variant"] == "tuned"
@@ -56,6 +58,20 @@ def test_a_failed_trial_is_the_worst_value_not_a_crash_of_the_study():
     assert objective(cfg, None, "maximize") == float("-inf")
     assert objective(cfg, None, "MINIMIZE") == float("inf") == objective(cfg, None, "StudyDirection.MINIMIZE")
     assert objective(cfg, {"val_acc": 0.5}) == 0.5 and objective(OmegaConf.create({"objective": None}), {}) is None
+
+
+def test_each_protocol_has_an_objective_and_known_arms():
+    """A protocol's studies maximise its `objective` (link prediction: val_auc; node and image tasks: val_acc), and
+    every arm a protocol lists, tuned or paper preset, has a config."""
+    tune = _tune_module()
+    assert tune.objective("sbm_link") == "val_auc" and tune.objective("fashion") == tune.objective("sbm") == "val_acc"
+    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "experiments" / "pipeline.py")
+    pipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipe)
+    for protocol, arms in tune.ARMS.items():
+        assert (ROOT / "configs" / "protocol" / f"{protocol}.yaml").exists()
+        for arm in arms + pipe.PAPER.get(protocol, []):
+            assert (ROOT / "configs" / "arm" / f"{arm}.yaml").exists(), arm
 
 
 def test_tuned_arms_are_known_options_of_the_arm_group():

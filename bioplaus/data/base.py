@@ -84,6 +84,12 @@ class Dataset:
         return {"test_loss": test_loss, "bits_per_char": test_loss / math.log(2),
                 "unigram_loss": unigram_loss(self.y_train, self.y_test, self.n_classes)}
 
+    @property
+    def metric(self) -> str:
+        """The metrics.json key a comparison ranks this task by: test_auc for link prediction (pair accuracy at a
+        fixed threshold says little about a dot-product score), test_acc otherwise."""
+        return "test_auc" if self.task == "link" else "test_acc"
+
     def keep_outputs(self) -> list | None:
         """A list for the trainer's evaluate to append every batch's (logits, targets) to, when this task's metrics
         need them (link), else None (nothing is kept)."""
