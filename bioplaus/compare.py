@@ -214,15 +214,15 @@ def table(runs: list[dict], variant_keys: list[str] | None = None) -> list[dict]
     interval, a rank that ties rows whose intervals overlap (within each data set), capacity (parameters,
     inference MACs / SOPs per sample, training MACs per update) and costs; then one row per failed job."""
     groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r.get("status", "ok") == "ok":
-            key = (r["data"], r["model"], label(r), _variant(r, variant_keys or []), _setting(r))
+    for r in runs:                                  # an arm is its own row even where its config merely sets a
+        if r.get("status", "ok") == "ok":           # rule option (forward_gnn's variant): the arm is the unit
+            arm = override_map(r.get("overrides") or []).get("arm") or ""
+            key = (r["data"], r["model"], label(r), _variant(r, variant_keys or []), _setting(r), arm)
             groups.setdefault(key, []).append(r)
-    controls = {(d, m, st, v): rs for (d, m, rule, v, st), rs in groups.items() if rule == CONTROL}
+    controls = {(d, m, st, v): rs for (d, m, rule, v, st, _), rs in groups.items() if rule == CONTROL}
     rows = []
-    for (data, model, rule, variant, setting), rs in groups.items():
+    for (data, model, rule, variant, setting, arm), rs in groups.items():
         acc = summarise([score(r) for r in rs])
-        arm = override_map(rs[0].get("overrides") or []).get("arm") or ""
         row = {"data": data, "model": model, "rule": rule, "variant": variant, "status": "ok", "error": "",
                "metric": rs[0].get("metric") or "test_acc",
                "arm": arm.rsplit("/", 1)[-1],

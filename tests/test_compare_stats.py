@@ -90,6 +90,21 @@ def test_two_arms_of_one_rule_are_named_by_their_arm():
     assert sorted(r["rule"] for r in table(runs)) == ["backprop [bp_mlp]", "backprop [bp_wide_mlp]"]
 
 
+def test_arms_that_differ_only_in_a_rule_option_stay_apart():
+    """forward_gnn_gcn and forward_gnn_top2loss_gcn select one rule config and set rule.variant: one row each."""
+    runs = []
+    for arm, accs in (("tuned/sbm/forward_gnn_gcn", [0.92, 0.921, 0.919]),
+                      ("tuned/sbm/forward_gnn_top2loss_gcn", [0.90, 0.901, 0.899])):
+        for s, a in enumerate(accs):
+            r = _record(None, "forward_gnn", s, a)
+            r["overrides"] = [f"+arm={arm}", f"seed={s}"]
+            runs.append(r)
+    rows = {r["rule"]: r for r in table(runs)}
+    assert set(rows) == {"forward_gnn [forward_gnn_gcn]", "forward_gnn [forward_gnn_top2loss_gcn]"}
+    assert rows["forward_gnn [forward_gnn_gcn]"]["seeds"] == 3
+    assert rows["forward_gnn [forward_gnn_gcn]"]["test_acc"] == pytest.approx(0.92)
+
+
 def test_link_runs_are_ranked_by_their_metric_the_test_auc(tmp_path):
     """A run's `metric` names what the table aggregates: link prediction's test_auc, not the pair accuracy at a
     fixed threshold (here the two disagree on the order); the csv names the metric, the markdown marks it."""
