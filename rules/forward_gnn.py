@@ -36,7 +36,8 @@ Link prediction (`sf`, `ff`; rules/forward_gnn_link.py): per layer a score of z_
 Schedules: `simultaneous` trains every layer every step. `sequential` (the paper's greedy schedule) trains layer
 1 alone, then layer 2 on layer 1's frozen output, ...: for `epochs_per_layer` epochs each or, with `patience`,
 until the validation score (val_acc; val_auc for links: set trainer.val_fraction > 0, never test) has not improved
-for `patience` epochs (at most epochs_per_layer); the layer's best parameters are then reloaded (the authors'
+for `patience` epochs (at most epochs_per_layer, and at most the layer's share of the epochs left in the run's
+budget, so a short run still trains every layer); the layer's best parameters are then reloaded (the authors'
 EarlyStopping). With `simultaneous` and `patience` the whole network stops early the same way. At the end of the
 budget (`on_train_start`) the current stage's best is reloaded; once stopped nothing trains (losses still logged).
 
@@ -136,6 +137,15 @@ class ForwardGNN(TopDownSF, LinkForward, GreedyLayers, LearningRule):
     def on_train_start(self, epochs: int) -> None:
         self.epochs = int(epochs)
 
+    def _layer_cap(self) -> int:
+        """The current layer's epoch cap (sequential with patience): epochs_per_layer, or its share of the epochs
+        left in the run's budget where that is less (epochs left // layers left, so every layer trains; epochs a
+        layer leaves unused by stopping early pass to the layers above)."""
+        if self.epochs is None:
+            return self.epochs_per_layer
+        left = self.epochs - int(self.tracker[STAGE_START])
+        return max(1, min(self.epochs_per_layer, left // (len(self.model.layers) - self.stage)))
+
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """sequential: the next layer after `epochs_per_layer` epochs, or (patience) when the validation score has
         stalled, reloading the layer's best; True = the parameter set changed (the trainer rebuilds)."""
@@ -151,7 +161,7 @@ class ForwardGNN(TopDownSF, LinkForward, GreedyLayers, LearningRule):
             t[BEST], t[BEST_EPOCH] = float(metrics[key]), epoch
             self.best.copy_(torch.cat([p.detach().flatten() for p in self.parameters()]))
         stalled = epoch - int(t[BEST_EPOCH]) >= self.patience
-        full = self.schedule == "sequential" and epoch + 1 - int(t[STAGE_START]) >= self.epochs_per_layer
+        full = self.schedule == "sequential" and epoch + 1 - int(t[STAGE_START]) >= self._layer_cap()
         last = self.epochs is not None and epoch + 1 >= self.epochs
         if not (stalled or full or last):
             return False

@@ -198,8 +198,11 @@ def test_greedy_schedule_stops_each_layer_on_validation_and_reloads_its_best(sma
     assert not rule.trainable_parameters()                                  # stopped: nothing trains any more
     logs = rule.assign_credit(small.x_train, small.y_train)
     assert set(logs) == {"loss1", "loss2", "loss"} and all(p.grad is None for p in rule.parameters())
+    # a budget of 6 epochs for 2 layers: layer 1 gets its share (3 epochs, not epochs_per_layer = 50), so layer 2
+    # still trains; it ends with the budget
     rule, snap, changed = run([0.3, 0.5, 0.4, 0.45, 0.6, 0.7], budget=6)
-    assert changed == [3, 5] and rule.extra_metrics()["stopped_epoch"] == 5       # the budget's end
+    assert changed == [2, 5] and rule.extra_metrics()["stopped_epoch"] == 5       # the budget's end
+    assert all(torch.equal(p, s) for p, s in zip(rule.model.layers[0].parameters(), snap[1][0]))
     assert all(torch.equal(p, s) for p, s in zip(rule.model.layers[1].parameters(), snap[5][1]))
     with pytest.raises(ConfigError, match="trainer.val_fraction > 0"):
         ForwardGNN(GCN([], 5, graph=small.graph), patience=3).on_epoch_end(0, {"test_acc": 0.9})
