@@ -47,11 +47,13 @@ ARMS["sbm"] = ["bp_gcn", "readout_only_gcn", "forward_gnn_gcn", "forward_gnn_top
                "forward_gnn_la_gcn", "forward_gnn_vn_gcn"]
 
 
+OBJECTIVE = {"sbm_link": "val_auc"}    # what a protocol's studies maximise where it is not val_acc
+
+
 def objective(protocol: str) -> str:
-    """The metrics.json key a protocol's studies maximise: its config's `objective` (sbm_link: val_auc), else
-    experiment=tune's val_acc."""
-    cfg = yaml.safe_load((CONFIGS / "protocol" / f"{protocol}.yaml").read_text()) or {}
-    return str(cfg.get("objective", "val_acc"))
+    """The metrics.json key a protocol's studies maximise (passed to each study as `objective=`): val_acc, or the
+    protocol's entry in OBJECTIVE (link prediction: val_auc). Only studies return it; comparison runs return nothing."""
+    return OBJECTIVE.get(protocol, "val_acc")
 
 
 def arm_rule(arm: str) -> str:
@@ -67,7 +69,8 @@ def study(protocol: str, arm: str, trials: int, out: Path, extra: list[str] = ()
     """Run (or read) one arm's study; return its trials and best values."""
     result = out / "optimization_results.yaml"
     cmd = [*RUN, "-m", "experiment=tune", f"+protocol={protocol}", f"+arm={arm}",
-           f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={out}", "~hydra.callbacks.compare", *extra]
+           f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={out}", "~hydra.callbacks.compare",
+           f"objective={objective(protocol)}", *extra]
     rule = arm_rule(arm)
     if (CONFIGS / "search" / f"{rule}.yaml").exists():
         cmd.insert(len(RUN) + 4, f"+search={rule}")

@@ -38,8 +38,6 @@ def test_a_study_maximises_val_acc_over_the_declared_space(tmp_path):
     tune.CONFIGS = tmp_path / "configs"                                    # write beside a copy of the arm
     (tune.CONFIGS / "arm").mkdir(parents=True)
     (tune.CONFIGS / "arm" / "ep_mlp.yaml").write_text((ROOT / "configs" / "arm" / "ep_mlp.yaml").read_text())
-    (tune.CONFIGS / "protocol").mkdir()
-    (tune.CONFIGS / "protocol" / "digits.yaml").write_text((ROOT / "configs" / "protocol" / "digits.yaml").read_text())
     path = tune.write_tuned("digits", res)
     written = yaml.safe_load(path.read_text())
     assert written["rule"]["beta"] == best["best_params"]["rule.beta"] and written["variant"] == "tuned"
