@@ -85,7 +85,8 @@ def study(protocol: str, arm: str, trials: int, out: Path, extra: list[str] = ()
     best = yaml.safe_load(result.read_text())
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
     return {"arm": arm, "rule": rule, "best_params": best["best_params"], "best_value": best["best_value"],
-            "trials": len(rows), "finished": sum(objective(protocol) in m for m in rows),
+            "trials": len(rows) + len(list(out.glob("*/failed.json"))),        # a diverged trial counts too
+            "finished": sum(objective(protocol) in m for m in rows),
             "train_time_s": sum(m.get("train_time_s", 0.0) for m in rows), "wall_s": wall,
             "command": " ".join(cmd)}
 
@@ -138,7 +139,8 @@ def report(protocol: str, results: list[dict], trials: int, argv: list[str]) -> 
              "trainer.optimizer.lr "
              "log-uniform in [1e-4, 3e-2] plus the rule's own (configs/search/<rule>.yaml). Jobs ran with "
              "OMP_NUM_THREADS=1.", "",
-             f"| arm | rule | trials | best {objective(protocol)} | best values | training time of all trials (s) |",
+             f"| arm | rule | trials finished / run (a diverged trial scores worst) | best {objective(protocol)} "
+             "| best values | training time of all trials (s) |",
              "|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
