@@ -98,7 +98,7 @@ def test_multirun_writes_and_prints_the_comparison(tmp_path):
     arms = (CONFIGS / "experiment" / "quickstart.yaml").read_text().split("+arm:")[1].split()[0].split(",")
     assert len(rows) == len(arms) >= 10 and sum("readout_only" in row for row in rows) == 2
     csv = (sweep / "comparison.csv").read_text().splitlines()
-    assert csv[0].startswith("data,model,rule,variant,seeds,test_acc") and len(csv) == len(arms) + 1
+    assert csv[0].startswith("data,model,rule,variant,seeds,metric,test_acc") and len(csv) == len(arms) + 1
     assert "energy_uj_per_sample" in csv[0] and "energy/sample (µJ)" in table
     assert (sweep / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     (sweep / "comparison.md").unlink()
