@@ -68,12 +68,11 @@ def arm_rule(arm: str) -> str:
 def study(protocol: str, arm: str, trials: int, out: Path, extra: list[str] = ()) -> dict:
     """Run (or read) one arm's study; return its trials and best values."""
     result = out / "optimization_results.yaml"
-    cmd = [*RUN, "-m", "experiment=tune", f"+protocol={protocol}", f"+arm={arm}",
+    rule = arm_rule(arm)
+    search = [f"+search={rule}"] if (CONFIGS / "search" / f"{rule}.yaml").exists() else []
+    cmd = [*RUN, "-m", "experiment=tune", f"+protocol={protocol}", f"+arm={arm}", *search,
            f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={out}", "~hydra.callbacks.compare",
            f"objective={objective(protocol)}", *extra]
-    rule = arm_rule(arm)
-    if (CONFIGS / "search" / f"{rule}.yaml").exists():
-        cmd.insert(len(RUN) + 4, f"+search={rule}")
     wall = None
     if not result.exists():
         t0 = time.perf_counter()
