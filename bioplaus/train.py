@@ -8,9 +8,9 @@ Training batches come from `bioplaus.data.batches` over data.x_train (a tensor o
 read a batch at a time); a dataset's `augment` (e.g. CIFAR's random crop and flip) is applied to each global
 training batch on the device, drawn from the run's seeded generator, and never to evaluation.
 Before the first epoch `rule.on_train_start(epochs)` tells the rule its budget.
-Per epoch: test accuracy through `rule.predict` (and, with `val_fraction` > 0, accuracy and loss on a held-out
-part of the training set: `val_acc`, `val_loss`, what rules that switch or stop on a plateau should read, never
-test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer), an optional checkpoint, a tqdm progress bar.
+Per epoch: test accuracy through `rule.predict` (every `eval_every` epochs and after the last), and, with
+`val_fraction` > 0, accuracy and loss on a held-out part of the training set (`val_acc`, `val_loss`: what rules
+that switch or stop on a plateau should read, never test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer), an optional checkpoint, a tqdm progress bar.
 A non-finite loss or gradient stops the run with a DivergedError naming the epoch and step (never trains
 through NaNs), and so does a finite loss that blows up (`trainer.divergence`, bioplaus.divergence: past a multiple
 of the first update's loss, or test accuracy at chance while the loss grew).
@@ -71,6 +71,8 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     eval_batch_size: int = 1000
+    eval_every: int = 1              # test accuracy every N epochs (and after the last); skipped epochs' rows
+                                     # carry no test_acc (validation, when held out, is still scored each epoch)
     grad_clip: float | None = None
     grad_clip_groups: bool = False   # clip each of the rule's parameter groups to grad_clip on its own
     lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
@@ -88,6 +90,7 @@ class TrainConfig:
         self.epochs = _number("epochs", self.epochs, int, 0)
         self.batch_size = _number("batch_size", self.batch_size, int, 1)
         self.eval_batch_size = _number("eval_batch_size", self.eval_batch_size, int, 1)
+        self.eval_every = _number("eval_every", self.eval_every, int, 1)
         self.val_fraction = _number("val_fraction", self.val_fraction, float, 0.0)
         if not self.val_fraction < 1.0:
             raise ConfigError(f"trainer.val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -266,10 +269,12 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                     loss_sum += logs.get("loss", float("nan")) * n_global
                     n += n_global
             par.sync_buffers(rule)
-            out = data.keep_outputs()
-            test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
-            row = {"epoch": epoch, "loss": loss_sum / max(n, 1), "test_acc": test_acc,
-                   **data.task_metrics(test_loss, per_epoch=True), **data.output_metrics(out, "test")}
+            row = {"epoch": epoch, "loss": loss_sum / max(n, 1)}
+            if (epoch + 1) % int(cfg.eval_every) == 0 or epoch + 1 == int(cfg.epochs):
+                out = data.keep_outputs()
+                test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
+                row.update({"test_acc": test_acc, **data.task_metrics(test_loss, per_epoch=True),
+                            **data.output_metrics(out, "test")})
             if x_val is not None:
                 out = data.keep_outputs()
                 row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par, out)
