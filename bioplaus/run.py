@@ -133,6 +133,8 @@ def build(cfg) -> Job:
     checks.stats(cfg.stats)
     energy = EnergyModel.from_config(cfg.stats.energy)
     data = _instantiate(cfg.data, "data")
+    if data.holds_validation and trainer.val_fraction > 0:
+        data.hold_out(trainer.val_fraction, seed)     # link data: validation edges leave the graph the model gets
     model = _instantiate(cfg.model, "model", **model_kwargs(cfg.model, data))
     check_fit(model, data)
     rule = _instantiate(cfg.rule, "rule", model=model)

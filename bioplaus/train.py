@@ -10,7 +10,8 @@ training batch on the device, drawn from the run's seeded generator, and never t
 Before the first epoch `rule.on_train_start(epochs)` tells the rule its budget.
 Per epoch: test accuracy through `rule.predict` (every `eval_every` epochs and after the last), and, with
 `val_fraction` > 0, accuracy and loss on a held-out part of the training set (`val_acc`, `val_loss`: what rules
-that switch or stop on a plateau should read, never test_acc), `rule.on_epoch_end` (True -> rebuild the optimizer), an optional checkpoint, a tqdm progress bar.
+that switch or stop on a plateau should read, never test_acc), `rule.on_epoch_end` (True -> rebuild the
+optimizer), an optional checkpoint, a tqdm progress bar.
 A non-finite loss or gradient stops the run with a DivergedError naming the epoch and step (never trains
 through NaNs), and so does a finite loss that blows up (`trainer.divergence`, bioplaus.divergence: past a multiple
 of the first update's loss, or test accuracy at chance while the loss grew).
@@ -166,6 +167,19 @@ def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int, device: 
     return evaluate(rule, x, y, batch_size, device, par)[0]
 
 
+def validation_data(data: Dataset, fraction: float, seed: int):
+    """(x_train, y_train, x_val, y_val): the data's own validation split when it holds one (`data.x_val`: link data
+    after `hold_out`, whose validation edges left the message-passing graph), else `split_validation` of the
+    training set. Data that must hold their validation themselves (`data.holds_validation`) and have not are refused:
+    a split made here would leave the validation edges in the graph the model was built with."""
+    if data.x_val is not None:
+        return data.x_train, data.y_train, data.x_val, data.y_val
+    if fraction > 0 and data.holds_validation:
+        raise ConfigError(f"data {data.name} holds out its validation pairs itself, before the model is built (their "
+                          f"edges leave the graph): call data.hold_out({fraction}, seed) first, as bioplaus.run does")
+    return split_validation(data.x_train, data.y_train, fraction, seed)
+
+
 def split_validation(x: Tensor, y: Tensor, fraction: float, seed: int):
     """(x_train, y_train, x_val, y_val): the last `fraction` of a seeded permutation of the training set is
     held out (x_val is None when fraction is 0). The permutation depends on the seed only, so a resumed or
@@ -227,7 +241,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     device = torch.device(device)
     rule.to(device)
     gen = torch.Generator().manual_seed(seed)
-    x_train, y_train, x_val, y_val = split_validation(data.x_train, data.y_train, float(cfg.val_fraction), seed)
+    x_train, y_train, x_val, y_val = validation_data(data, float(cfg.val_fraction), seed)
     if not rule.trainable_parameters():
         raise ConfigError(f"rule {rule.name} has no trainable parameters for this model")
     par = distributed.for_training(rule, cfg.ddp)

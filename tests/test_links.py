@@ -69,8 +69,34 @@ def test_graph_models_score_pairs_with_a_learning_dot_product(links):
             model(pairs[:, 0])
 
 
-def test_trainer_reports_auc_per_epoch_and_at_the_end(links):
+def test_validation_pairs_leave_the_graph_and_the_trainer_refuses_an_in_graph_split():
+    data = sbm_link(n_nodes=300, n_features=32, feature_noise=3.0, p_in=0.06, p_out=0.006)
+    pos_before = set(map(tuple, data.x_train[data.y_train == 1].tolist()))
+    n_train = len(data.x_train)
+    cfg = TrainConfig(epochs=1, batch_size=100_000, progress=False, val_fraction=0.25)
+    with pytest.raises(ConfigError, match=r"holds out its validation pairs itself.*hold_out\(0.25"):
+        train(Backprop(GCN([2], 2, graph=data.graph, hidden=[8], task="link")), data, cfg, seed=0)
+    data.hold_out(0.25, seed=3)
+    graph = set(map(tuple, undirected_pairs(data.graph.edge_index).tolist()))
+    pos_tr = set(map(tuple, data.x_train[data.y_train == 1].tolist()))
+    pos_val = set(map(tuple, data.x_val[data.y_val == 1].tolist()))
+    assert pos_tr | pos_val == pos_before and not pos_tr & pos_val          # the training edges, split in two
+    assert graph == pos_tr and not graph & pos_val                         # validation edges carry no messages
+    assert len(data.x_train) + len(data.x_val) == n_train and data.y_val.float().mean() == 0.5
+    assert len(pos_val) == round(0.25 * len(pos_before))
+    again = sbm_link(n_nodes=300, n_features=32, feature_noise=3.0, p_in=0.06, p_out=0.006)
+    again.hold_out(0.25, seed=3)
+    assert torch.equal(again.x_val, data.x_val)                             # seeded by the run's seed
+    with pytest.raises(ConfigError, match="already holds a validation split"):
+        data.hold_out(0.25, seed=3)
+    m = train(Backprop(GCN([2], 2, graph=data.graph, hidden=[8], task="link")), data, cfg, seed=0)
+    assert 0 <= m["val_auc"] <= 1                                           # the data's own split was used
+
+
+def test_trainer_reports_auc_per_epoch_and_at_the_end():
     torch.manual_seed(0)
+    links = sbm_link(n_nodes=300, n_features=32, feature_noise=3.0, p_in=0.06, p_out=0.006)
+    links.hold_out(0.2, seed=0)
     rule = Backprop(GCN([2], 2, graph=links.graph, hidden=[32], task="link"))
     m = train(rule, links, TrainConfig(epochs=3, batch_size=100_000, progress=False, val_fraction=0.2), seed=0)
     assert {"test_auc", "val_auc"} <= set(m["history"][-1]) and 0 <= m["test_auc"] <= 1
@@ -96,12 +122,13 @@ def test_cli_trains_on_the_sbm_link_split(tmp_path):
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bioplaus.run", "+arm=forward_gnn_ff_gcn", "data=sbm_link", "data.n_nodes=200",
-           "trainer.epochs=2", "trainer.batch_size=100000", "trainer.progress=false", "stats.n_samples=40",
+           "trainer.epochs=2", "trainer.val_fraction=0.1", "trainer.batch_size=100000", "trainer.progress=false",
+           "stats.n_samples=40",
            f"hydra.run.dir={out}"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**__import__("os").environ,
                                                                           "OMP_NUM_THREADS": "1"})
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["rule"] == "forward_gnn_ff_link" and 0 <= metrics["test_auc"] <= 1
+    assert metrics["rule"] == "forward_gnn_ff_link" and 0 <= metrics["test_auc"] <= 1 and 0 <= metrics["val_auc"] <= 1
     assert metrics["train_ac_per_step"] > 0                                  # message passing is counted
 
 

@@ -52,6 +52,13 @@ class Dataset:
     augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None   # training batches only
 
     graph_data = False               # samples are node ids into one graph (bioplaus.data.graphs.GraphDataset)
+    # A validation split the dataset holds itself (None: the trainer splits the training set, trainer.val_fraction).
+    # Data whose validation samples must also leave the model's inputs (link prediction: their edges leave the
+    # message-passing graph) set `holds_validation` and make it with `hold_out(fraction, seed)` before the model
+    # is built (bioplaus.run.build does).
+    x_val = None
+    y_val = None
+    holds_validation = False
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -17,8 +17,10 @@ neg_sampling_ratio=1.0) makes and ForwardGNN uses (there: 16% validation, 20% te
   authors normalise features for backprop and forward learning alike, PyG's NormalizeFeatures; a dot-product
   score of raw SBM features, norm ~130, saturates: backprop reached AUC 0.52 on raw features, 0.66 normalised).
 
-`trainer.val_fraction > 0` holds out a share of the training pairs as validation (for early stopping); their edges
-stay in the message-passing graph, so val_auc is optimistic and only ever compared with itself (never test).
+`trainer.val_fraction > 0` holds out that share of the training edges and as many training non-edges as validation
+pairs (`LinkDataset.hold_out`, which `bioplaus.run` calls before building the model) and removes those edges from the
+message-passing graph, as PyG's RandomLinkSplit does: validation pairs are unseen like the test pairs, so val_auc
+(early stopping, tuning) estimates test_auc. The run's graph then depends on the run's seed.
 
 - `sbm_link(...)`: the SBM graph of `bioplaus.data.graphs.sbm` (same arguments), split by edges. Default: 1000 nodes,
   5 classes, ~2750 undirected edges (70% within a class), 20% of them test.
@@ -41,6 +43,33 @@ class LinkDataset(GraphDataset):
     """Link prediction: x_* are node pairs [N, 2] int64 into `graph` (training edges only), y_* in {0, 1}."""
 
     task: str = "link"
+    holds_validation = True          # validation pairs' edges must leave the graph: hold_out, before the model
+
+    def hold_out(self, fraction: float, seed: int) -> None:
+        """Move `fraction` of the training edges, and as many of the training non-edges, to a validation split
+        (x_val, y_val; seeded by 10000 + seed, as the trainer's split) and drop those edges from the message-passing
+        graph: validation pairs are then unseen, as test pairs are, and val_auc estimates test_auc. In place;
+        call it before building the model (the model holds the graph). Once per dataset."""
+        if self.x_val is not None:
+            raise ConfigError(f"data {self.name} already holds a validation split")
+        if not 0 < float(fraction) < 1:
+            raise ConfigError(f"trainer.val_fraction must be in (0, 1) to hold out link validation, got {fraction}")
+        gen = torch.Generator().manual_seed(10_000 + int(seed))
+        parts = []
+        for label in (1, 0):
+            idx = torch.nonzero(self.y_train == label).flatten()
+            n_val = int(round(float(fraction) * len(idx)))
+            if not 1 <= n_val < len(idx):
+                raise ConfigError(f"trainer.val_fraction={fraction} leaves {n_val} of {len(idx)} training "
+                                  f"{'edges' if label else 'non-edges'} for validation: keep at least one on each side")
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            parts.append((idx[:-n_val], idx[-n_val:]))
+        keep = torch.cat([parts[0][0], parts[1][0]]).sort().values
+        held = torch.cat([parts[0][1], parts[1][1]]).sort().values
+        self.x_val, self.y_val = self.x_train[held], self.y_train[held]
+        self.x_train, self.y_train = self.x_train[keep], self.y_train[keep]
+        pos = self.x_train[self.y_train == 1]
+        self.graph = Graph(self.graph.x, torch.cat([pos.t(), pos.t().flip(0)], 1))
 
     def model_kwargs(self) -> dict:
         """A graph model for this data: in_shape (2,), n_classes 2, the graph (training edges) and task="link"."""
@@ -48,8 +77,9 @@ class LinkDataset(GraphDataset):
 
     def __repr__(self) -> str:
         g = self.graph
+        val = f" / val {len(self.x_val)}" if self.x_val is not None else ""
         return (f"LinkDataset({self.name}: {g.num_nodes} nodes, {g.num_edges} directed training edges, "
-                f"{g.x.shape[1]} features, train {len(self.x_train)} / test {len(self.x_test)} pairs, half edges)")
+                f"{g.x.shape[1]} features, train {len(self.x_train)}{val} / test {len(self.x_test)} pairs, half edges)")
 
 
 def undirected_pairs(edge_index: Tensor) -> Tensor:
