@@ -80,7 +80,7 @@ def test_on_epoch_end_true_rebuilds_the_optimizer(digits):
 
 @pytest.mark.parametrize("kw,msg", [({"epochs": -1}, "epochs must be >= 0"), ({"batch_size": 0}, "batch_size"),
                                     ({"lr_schedule": "step"}, "lr_schedule 'step'"),
-                                    ({"grad_clip": -1.0}, "grad_clip")])
+                                    ({"grad_clip": -1.0}, "grad_clip"), ({"eval_every": 0}, "eval_every")])
 def test_bad_trainer_settings(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**kw)
@@ -101,6 +101,22 @@ def test_val_fraction_holds_out_a_seeded_split_and_reports_it(digits):
     assert metrics["steps"] == 2 * -(-len(xt) // 64)
     with pytest.raises(ConfigError, match="val_fraction"):
         TrainConfig(val_fraction=1.0)
+
+
+def test_eval_every_scores_the_test_set_every_n_epochs_and_after_the_last(digits, monkeypatch):
+    """trainer.eval_every=3 over 7 epochs: test accuracy after epochs 3, 6 and 7 (the last) only, and once more at
+    the end; validation is still scored every epoch."""
+    import bioplaus.train as T
+
+    calls = []
+    real = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda rule, x, *a, **k: calls.append(len(x)) or real(rule, x, *a, **k))
+    torch.manual_seed(0)
+    m = train(Backprop(MLP([1, 8, 8], 10, hidden=[16])), digits,
+              TrainConfig(epochs=7, progress=False, eval_every=3, val_fraction=0.2), seed=0)
+    scored = [r["epoch"] for r in m["history"] if "test_acc" in r]
+    assert scored == [2, 5, 6] and all("val_acc" in r for r in m["history"])
+    assert calls.count(len(digits.x_test)) == 4 and m["test_acc"] == m["history"][-1]["test_acc"]
 
 
 @pytest.mark.parametrize("seed", [0, 3, 7])
