@@ -1,7 +1,7 @@
 """How well can one dendrite correlate with its neuron's residual error at all? The ceiling behind perforated
-dendrites' correlation ratio on the bottleneck MLP 64-4-10 (digits).
+dendrites' correlation ratio on the bottleneck MLP 64-W-10 (digits; --width W, 4 by default).
 
-A dendrite of a layer sees that layer's input u (the head: the 4-d code after ReLU, with some units dead) and is one
+A dendrite of a layer sees that layer's input u (the head: the W-d code after ReLU, some units dead at W=4) and is one
 unit g(v . u + c). After `--epochs` of plain backprop (Adam 1e-3, constant lr) the residual error e_j = dL/dz_j of
 every neuron is fixed; the script then fits, per neuron, `--restarts` tanh units to maximise |Pearson corr(g, e_j)|
 over the whole training set (full batch, Adam, `--steps` steps), far more optimisation than a p-phase gets, and
@@ -9,7 +9,7 @@ reports the best |corr| reached (mean over the neurons) beside the mean |corr| o
 (PyTorch's Linear init, as the candidates start). Their quotient bounds the ratio any candidate score can reach for
 a single dendrite on that layer. Prints one line per layer and seed.
 
-    OMP_NUM_THREADS=1 python experiments/perforated_ceiling.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 python experiments/perforated_ceiling.py --seeds 0 1 2 [--width 8]
 """
 from __future__ import annotations
 
@@ -47,13 +47,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--restarts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--width", type=int, default=4, help="bottleneck units (experiment=perforated: 4, _wide: 8)")
     args = ap.parse_args()
     data = digits()
     print("| seed | layer | live input dims | best fitted |corr| | random |corr| | ceiling ratio |")
     print("|---|---|---|---|---|---|")
     for seed in args.seeds:
         torch.manual_seed(seed)
-        rule = Perforated(MLP([1, 8, 8], 10, hidden=[4]), max_dendrites=0)          # the plain net, wrapped
+        rule = Perforated(MLP([1, 8, 8], 10, hidden=[args.width]), max_dendrites=0)          # the plain net, wrapped
         train(rule, data, TrainConfig(epochs=args.epochs, progress=False, lr_schedule="constant"), seed=seed)
         us, es, _ = rule.residual_errors(data.x_train, data.y_train)
         for name, u, e in zip(("layers.0", "head"), us, es):

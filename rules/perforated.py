@@ -27,7 +27,12 @@ validation split (trainer.val_fraction > 0), else minus the mean training loss; 
                     epochs have passed since the last growth (the package's DOING_HISTORY).
     switch=fixed:   every fixed_switch_num n-mode epochs.
 At each decision the parameters of the best-scoring n-mode epoch since the last growth are reloaded first (the
-package loads its best_model at every switch), and the best score restarts with the new structure. No growth starts
+package loads its best_model at every switch), and the best score restarts with the new structure. Among epochs of
+equal score (val_acc on a few hundred samples ties often) `tie_break=val_loss` keeps the one with the lowest
+validation loss (else training loss): the first of them is often the epoch right after a growth, whose new dendrites
+have not trained yet, and reloading it leaves the residual correlated with them, so the next candidates (and the
+random ones, through the cascade) relearn the last set. `tie_break=first` keeps the first (the package's strict
+`score > best`). No growth starts
 in the last epochs of the run (`min_epochs_after_growth`: it must leave, after cascor's p-epochs, at least that many
 n-mode epochs for the new dendrites to learn; the budget comes from `on_train_start`). With lr_schedule=cosine the
 end-of-run plateau comes from lr -> 0: prefer lr_schedule=constant (configs/experiment/perforated.yaml does).
@@ -42,6 +47,7 @@ of the whole pool and of the pool's random initial copy with the residual error 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +61,8 @@ from bioplaus.rules.dendrites import DENDRITE_ACTIVATIONS, SCORES, PerforatedLay
 MODES = ("cascor", "gd", "random")
 SWITCHES = ("history", "fixed")
 NAMES = {"cascor": "perforated", "gd": "perforated_gd", "random": "perforated_random"}
-PHASE, BEST, LAST_IMPROVED, IN_PHASE = range(4)          # tracker buffer slots
+TIE_BREAKS = ("val_loss", "first")
+PHASE, BEST, LAST_IMPROVED, IN_PHASE, SNAP_SCORE, SNAP_LOSS = range(6)          # tracker buffer slots
 
 
 class Perforated(LearningRule):
@@ -65,12 +72,14 @@ class Perforated(LearningRule):
     supported_models = (MLP, ConvNet)
 
     def __init__(self, model, mode: str = "cascor", switch: str = "history", n_epochs_to_switch: int = 10,
-                 fixed_switch_num: int = 20, p_epochs: int = 5, max_dendrites: int = 3,
+                 fixed_switch_num: int = 20, p_epochs: int = 15, max_dendrites: int = 3,
                  improvement_threshold: float = 0.0, dendrite_activation: str = "tanh", include_head: bool = True,
                  n_candidates: int = 4, init_scale: float = 1.0, candidate_lr_scale: float = 30.0,
-                 dendrite_lr_scale: float = 10.0, score: str = "covariance", min_epochs_after_growth: int = 10):
+                 dendrite_lr_scale: float = 10.0, score: str = "covariance", min_epochs_after_growth: int = 10,
+                 tie_break: str = "val_loss"):
         super().__init__(model)
         for key, value, allowed in (("mode", mode, MODES), ("switch", switch, SWITCHES), ("score", score, SCORES),
+                                    ("tie_break", tie_break, TIE_BREAKS),
                                     ("dendrite_activation", dendrite_activation, DENDRITE_ACTIVATIONS)):
             check_choice(key, value, allowed)
         for key, value, low in (("n_epochs_to_switch", n_epochs_to_switch, 1), ("p_epochs", p_epochs, 1),
@@ -84,6 +93,7 @@ class Perforated(LearningRule):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"rule.{key} must be a finite number >= 0, got {value!r}")
         self.mode, self.switch, self.score, self.name = mode, switch, score, NAMES[mode]
+        self.tie_break = tie_break
         self.n_epochs_to_switch, self.fixed_switch_num = int(n_epochs_to_switch), int(fixed_switch_num)
         self.p_epochs, self.max_dendrites, self.n_candidates = int(p_epochs), int(max_dendrites), int(n_candidates)
         self.improvement_threshold, self.candidate_lr_scale = float(improvement_threshold), float(candidate_lr_scale)
@@ -95,8 +105,10 @@ class Perforated(LearningRule):
             model.layers[i] = PerforatedLayer(layer, dendrite_activation, init_scale)
         if include_head:
             model.head = PerforatedLayer(model.head, dendrite_activation, init_scale)
-        # phase (0 = n, 1 = p), best score since the last growth, epoch of the last improvement, epochs in the phase
-        self.register_buffer("tracker", torch.tensor([0.0, -math.inf, -1.0, 0.0], dtype=torch.float64))
+        # phase (0 = n, 1 = p), best score since the last growth, epoch of the last improvement, epochs in the phase,
+        # and the score and loss of the best snapshot
+        self.register_buffer("tracker", torch.tensor([0.0, -math.inf, -1.0, 0.0, -math.inf, math.inf],
+                                                     dtype=torch.float64))
         # the model's parameters at the best-scoring n-mode epoch since the last growth (reloaded at a decision)
         self.register_buffer("best", self._flat())
         # one row per growth and wrapped layer: epoch, layer (index in wrapped()), n_dendrites after, and the mean
@@ -206,7 +218,14 @@ class Perforated(LearningRule):
 
     # ---- growth decisions ------------------------------------------------------------------------------
     def on_train_start(self, epochs: int) -> None:
+        """Keep the budget; warn (once, one line) when it leaves no room for a single growth."""
         self.epochs = int(epochs)
+        first = self.fixed_switch_num if self.switch == "fixed" else self.n_epochs_to_switch
+        if self.max_dendrites > 0 and not self._room_to_grow(first - 1):
+            p = self.p_epochs if self.mode == "cascor" else 0
+            warnings.warn(f"rule={self.name}: a {epochs}-epoch run leaves no room for a growth (the first decision "
+                          f"comes after {first} epochs, then {p} p-epochs and min_epochs_after_growth="
+                          f"{self.min_epochs_after_growth}); raise trainer.epochs or lower those", stacklevel=2)
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """Track the score (val_acc if present, else -train loss), switch modes / grow; True if params changed."""
@@ -219,8 +238,11 @@ class Perforated(LearningRule):
                 return True
             return False
         score = float(metrics["val_acc"]) if "val_acc" in metrics else -float(metrics["loss"])
+        loss = float(metrics.get("val_loss", metrics["loss"])) if self.tie_break == "val_loss" else 0.0
         if score > float(t[BEST]) + self.improvement_threshold or t[LAST_IMPROVED] < 0:
             t[BEST], t[LAST_IMPROVED] = score, epoch
+        if (score, -loss) > (float(t[SNAP_SCORE]), -float(t[SNAP_LOSS])):
+            t[SNAP_SCORE], t[SNAP_LOSS] = score, loss
             self.best = self._flat()
         if self.n_dendrites >= self.max_dendrites or not self._room_to_grow(epoch):
             return False
@@ -272,7 +294,8 @@ class Perforated(LearningRule):
                 layer.attach(trainable=self.mode == "gd")
             rows.append([epoch, i, len(layer.dendrites), *figures])
         t = self.tracker
-        t[PHASE], t[IN_PHASE], t[BEST], t[LAST_IMPROVED] = 0, 0, -math.inf, -1
+        t[PHASE], t[IN_PHASE], t[LAST_IMPROVED] = 0, 0, -1
+        t[BEST], t[SNAP_SCORE], t[SNAP_LOSS] = -math.inf, -math.inf, math.inf
         self.log = torch.cat([self.log, torch.tensor(rows, dtype=self.log.dtype, device=self.log.device)])
         self.best = self._flat()
         self._apply_phase()

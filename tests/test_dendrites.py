@@ -3,6 +3,7 @@ scores pick different candidate units; each dendrite sees the earlier ones of it
 model is reloaded at each growth decision; no growth starts in the last epochs; conv layers get one dendrite per
 channel whose candidates learn the residual."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -84,6 +85,36 @@ def test_the_best_model_is_reloaded_at_each_growth_decision():
             best = 1 if len(grown) == 1 else 5
             assert all(torch.equal(a, b) for a, b in zip(reloaded, snaps[best])), epoch
     assert grown == [3, 7] and rule.n_dendrites == 2
+
+
+@pytest.mark.parametrize("tie_break,best", [("val_loss", 3), ("first", 1)])
+def test_ties_in_the_score_reload_the_epoch_with_the_lowest_validation_loss(tie_break, best):
+    """val_acc 0.7 at epochs 1-3 (a tie) while val_loss falls: tie_break=val_loss reloads epoch 3 (the dendrites
+    trained longest at the same accuracy), first reloads epoch 1 (the package's strict improvement). Either way
+    the tie is no improvement: the history switch still fires n_epochs_to_switch epochs after epoch 1."""
+    torch.manual_seed(0)
+    rule = Perforated(bottleneck(), mode="gd", n_epochs_to_switch=3, max_dendrites=1, tie_break=tie_break)
+    rows = [(0.5, 1.0), (0.7, 0.9), (0.7, 0.8), (0.7, 0.7), (0.6, 0.6)]
+    snaps, grown = {}, []
+    for epoch, (acc, loss) in enumerate(rows):
+        with torch.no_grad():
+            for p in rule.trainable_parameters():
+                p.add_(0.01 * (epoch + 1))
+        snaps[epoch] = [p.detach().clone() for p in rule.model.head.base.parameters()]
+        if rule.on_epoch_end(epoch, {"epoch": epoch, "loss": 1.0, "val_acc": acc, "val_loss": loss}):
+            grown.append(epoch)
+            assert all(torch.equal(a, b) for a, b in zip(rule.model.head.base.parameters(), snaps[best]))
+    assert grown == [4]
+
+
+def test_a_budget_too_short_for_any_growth_warns_once():
+    rule = Perforated(bottleneck())                            # history: first decision after 10 epochs, 15 + 10
+    with pytest.warns(UserWarning, match=r"rule=perforated: a 30-epoch run leaves no room for a growth"):
+        rule.on_train_start(30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rule.on_train_start(36)                                # decision at 9, 9 + 1 + 15 + 10 = 35 <= 36
+        Perforated(bottleneck(), mode="gd").on_train_start(30)
 
 
 def test_no_growth_starts_in_the_last_epochs():

@@ -1,4 +1,5 @@
-"""Perforated dendrites (rules/perforated.py) on the bottleneck MLP 64-4-10 (digits), where plain backprop underfits.
+"""Perforated dendrites (rules/perforated.py) on the bottleneck MLP 64-4-10 (digits), where plain backprop underfits
+(and 64-8-10 for the correlation ratio).
 
 Candidates trained on the cascade-correlation score correlate with their neuron's residual error far more than
 random dendrites; growth lifts accuracy over the plain net and over frozen random dendrites (the control) at the
@@ -18,7 +19,6 @@ from omegaconf import OmegaConf
 from bioplaus.errors import ConfigError, UnsupportedModelError
 from bioplaus.models import GCN, MLP
 from bioplaus.rules.backprop import Backprop
-from bioplaus.rules.dendrites import correlation
 from bioplaus.rules.perforated import Perforated
 from bioplaus.train import TrainConfig, train
 
@@ -41,42 +41,26 @@ def constant(epochs: int, **kw) -> TrainConfig:
     return TrainConfig(epochs=epochs, progress=False, lr_schedule="constant", **kw)
 
 
-def _attached_vs_random(rule, data) -> list[float]:
-    """Per wrapped layer: mean |corr| of the first attached set with the residual error over the training set,
-    over the same for random sets of the same init (10 draws); live neurons only."""
-    us, es, _ = rule.residual_errors(data.x_train, data.y_train)
-    ratios = []
-    for layer, u, e in zip(rule.wrapped().values(), us, es):
-        live = e.std(0) > 0                                     # a dead ReLU's error is 0 everywhere
-        with torch.no_grad():
-            trained = correlation(layer.g(layer.dendrites[0].op(u)), e).abs()[live].mean()
-            random = torch.stack([correlation(layer.g(layer.new_dendrite().op(u)), e).abs()[live]
-                                  for _ in range(10)]).mean()
-        ratios.append(float(trained / random))
-    return ratios
-
-
-@pytest.mark.parametrize("score,floors", [("covariance", (5.0, 3.5)), ("pearson", (6.0, 4.0))])
-def test_trained_candidates_correlate_far_more_than_random_ones(score, floors, digits):
-    """The shipped config, seed 2, one growth (decided at epoch 53 after the validation plateau, 5 p-epochs,
-    attached at 58, the run's last). As w = 0 the network is unchanged, so its residual error is the one the
-    candidates were trained on. Measured |corr| ratio (attached / random, whole training set): covariance
-    (the default) hidden 5.7x, head 3.95x; pearson 6.4x, 4.6x. The head's input is the 4-d code (2-4 live units):
-    a random ridge of it already correlates (0.07), and the best tanh ridge reachable reaches only ~3.7x on
-    seed 0 (experiments/results/variants2.md), so 5x on the head is out of reach for any score here."""
-    torch.manual_seed(2)
-    rule = Perforated(bottleneck(), **{**config_hparams(), "max_dendrites": 1, "score": score,
-                                       "min_epochs_after_growth": 0})
-    train(rule, digits, constant(59, val_fraction=0.1), seed=2)
-    assert rule.n_dendrites == 1 and rule.dendrite_log()[0]["epoch"] == 58
-    hidden, head = _attached_vs_random(rule, digits)
-    assert hidden >= floors[0] and head >= floors[1], (hidden, head)
-    assert rule.correlation_report()["corr_ratio"] >= 5.0, rule.correlation_report()
+@pytest.mark.parametrize("score,kw,low,high", [("covariance", {}, 5.0, None), ("pearson", {}, 5.0, None),
+                                              ("covariance", {"candidate_lr_scale": 0.0}, None, 2.5)])
+def test_trained_candidates_correlate_far_more_than_random_ones(score, kw, low, high, digits):
+    """The shipped config on the 8-unit bottleneck (experiment=perforated_wide), seed 0, 150 epochs: every growth
+    logs the |corr| of the attached units and of the pool's random initial copy with the residual error over the
+    last p-epoch; per layer, summed over its growths, the attached correlate >= 5x better. Measured min over the two
+    layers: covariance 5.96x (seeds 0-5: 5.5-6.8x), pearson 7.07x; with 5 p-epochs 4.67x, with 1 2.38x. Candidates
+    that never train (candidate_lr_scale=0: the score only picks among random units) reach 1.82x. On the 4-unit net
+    no score reaches 5x on the head: its input has 2-4 live units (experiments/perforated_ceiling.py)."""
+    torch.manual_seed(0)
+    rule = Perforated(MLP([1, 8, 8], 10, hidden=[8]), **{**config_hparams(), "score": score, **kw})
+    train(rule, digits, constant(150, val_fraction=0.1), seed=0)
+    assert rule.n_dendrites >= 2
+    ratio = rule.correlation_report()["min_layer_ratio"]
+    assert (low is None or ratio >= low) and (high is None or ratio < high), rule.dendrite_log()
 
 
 def test_growth_beats_the_plain_net_and_frozen_random_dendrites(digits):
     """Seeds 1 and 2, 100 epochs (cascor's p-epochs included), constant lr, 10% validation split, the shipped
-    config. Measured test acc: plain 0.875 / 0.881, frozen random dendrites 0.894 / 0.867, cascor 0.928 / 0.897."""
+    config. Measured test acc: plain 0.875 / 0.881, frozen random dendrites 0.894 / 0.875, cascor 0.917 / 0.892."""
     acc = {"plain": [], "cascor": [], "random": []}
     for seed in (1, 2):
         for name in acc:
