@@ -28,7 +28,9 @@ history (per-epoch loss / test_acc / ...), the task's own metrics (`Dataset.task
 modelling test_loss in nats per token, bits_per_char and the unigram baseline; for link prediction test_auc, and
 val_auc in the epoch rows, from every output of the evaluation: `Dataset.output_metrics`) and the meter's cost metrics
 (train_time_s, time_per_step_ms, peak_mem_mb, saved_for_backward_mb, held_for_backward_peak_mb,
-passes_per_update, train_mac_per_step, train_ac_per_step; see bioplaus.stats.cost).
+passes_per_update, train_mac_per_step, train_ac_per_step; see bioplaus.stats.cost). The final test figures are the
+last epoch's row (one evaluation, so a rule that samples at inference reports one draw), unless the rule changed
+its parameters in that epoch's `on_epoch_end`: then the changed model is scored again.
 
 Accuracy counts every target that is not IGNORE_INDEX (-100): one per sample for `task="classify"`
 (logits [B, C], y [B]), one per token for `task="lm"` (logits [B, L, V], y [B, L]).
@@ -54,6 +56,7 @@ from tqdm.auto import tqdm
 from bioplaus import checkpoint as ckpt
 from bioplaus import distributed
 from bioplaus.data import IGNORE_INDEX, Dataset, batches
+from bioplaus.data.base import VALIDATION_SEED_OFFSET
 from bioplaus.divergence import Divergence
 from bioplaus.errors import ConfigError, DivergedError
 from bioplaus.rules.base import LearningRule
@@ -190,7 +193,7 @@ def split_validation(x: Tensor, y: Tensor, fraction: float, seed: int):
     if not 1 <= n_val < len(x):
         raise ConfigError(f"trainer.val_fraction={fraction} leaves {n_val} of {len(x)} samples for validation: "
                           "choose a fraction that keeps at least one sample on each side")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(VALIDATION_SEED_OFFSET + seed))
     keep, held = perm[:-n_val].sort().values, perm[-n_val:].sort().values
     return x.index_select(0, keep), y[keep], x.index_select(0, held), y[held]   # a MappedArray stays lazy
 
@@ -264,6 +267,7 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
     rule.on_train_start(int(cfg.epochs))
     bar = tqdm(range(start, int(cfg.epochs)), desc=desc, disable=not cfg.progress or not par.is_main(), leave=True,
                dynamic_ncols=True, initial=start, total=int(cfg.epochs), position=bar_position)
+    final = None                    # the last epoch's test evaluation, reused when on_epoch_end changed nothing
     with meter.run():
         for epoch in bar:
             rule.train()
@@ -283,12 +287,13 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
                     loss_sum += logs.get("loss", float("nan")) * n_global
                     n += n_global
             par.sync_buffers(rule)
-            row = {"epoch": epoch, "loss": loss_sum / max(n, 1)}
+            row, scored = {"epoch": epoch, "loss": loss_sum / max(n, 1)}, None
             if (epoch + 1) % int(cfg.eval_every) == 0 or epoch + 1 == int(cfg.epochs):
                 out = data.keep_outputs()
                 test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
                 row.update({"test_acc": test_acc, **data.task_metrics(test_loss, per_epoch=True),
                             **data.output_metrics(out, "test")})
+                scored = (test_acc, test_loss, out)
             if x_val is not None:
                 out = data.keep_outputs()
                 row["val_acc"], row["val_loss"] = evaluate(rule, x_val, y_val, eval_bs, device, par, out)
@@ -298,16 +303,21 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if on_epoch is not None:
                 on_epoch(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
-            if rule.on_epoch_end(epoch, row):
+            changed = rule.on_epoch_end(epoch, row)
+            if changed:
                 opt.build()
                 par.sync(rule)
+            final = None if changed else scored
             if checkpoint is not None and par.is_main():
                 ckpt.save(checkpoint, {"epoch": epoch, "rule": rule.state_dict(), "optimizer": opt.opt.state_dict(),
                                        "rng": ckpt.rng_state(gen), "steps": steps, "history": history,
                                        "meter": meter.state(), "divergence": watch.state()})
     bar.close()
-    out = data.keep_outputs()
-    test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
+    if final is None:               # no epoch ran (a finished run resumed), or the rule changed the model after it
+        out = data.keep_outputs()
+        test_acc, test_loss = evaluate(rule, data.x_test, data.y_test, eval_bs, device, par, out)
+    else:
+        test_acc, test_loss, out = final
     return {
         "test_acc": test_acc,
         "metric": data.metric,

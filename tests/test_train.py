@@ -104,8 +104,8 @@ def test_val_fraction_holds_out_a_seeded_split_and_reports_it(digits):
 
 
 def test_eval_every_scores_the_test_set_every_n_epochs_and_after_the_last(digits, monkeypatch):
-    """trainer.eval_every=3 over 7 epochs: test accuracy after epochs 3, 6 and 7 (the last) only, and once more at
-    the end; validation is still scored every epoch."""
+    """trainer.eval_every=3 over 7 epochs: test accuracy after epochs 3, 6 and 7 (the last) only; the final metrics
+    reuse the last epoch's (the rule changed nothing after it); validation is still scored every epoch."""
     import bioplaus.train as T
 
     calls = []
@@ -116,7 +116,32 @@ def test_eval_every_scores_the_test_set_every_n_epochs_and_after_the_last(digits
               TrainConfig(epochs=7, progress=False, eval_every=3, val_fraction=0.2), seed=0)
     scored = [r["epoch"] for r in m["history"] if "test_acc" in r]
     assert scored == [2, 5, 6] and all("val_acc" in r for r in m["history"])
-    assert calls.count(len(digits.x_test)) == 4 and m["test_acc"] == m["history"][-1]["test_acc"]
+    assert calls.count(len(digits.x_test)) == 3 and m["test_acc"] == m["history"][-1]["test_acc"]
+
+
+def test_final_metrics_are_scored_again_when_the_rule_changes_the_model_after_the_last_epoch(digits, monkeypatch):
+    """on_epoch_end returning True (the rule changed its parameters) at the last epoch: the final test accuracy is
+    that of the changed model, not the last row's."""
+    import bioplaus.train as T
+
+    calls = []
+    real = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda rule, x, *a, **k: calls.append(len(x)) or real(rule, x, *a, **k))
+
+    class Zeroing(Backprop):
+        def on_epoch_end(self, epoch, metrics):
+            if epoch < 1:
+                return False
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.zero_()                                  # every logit equal: class 0 everywhere
+            return True
+
+    torch.manual_seed(0)
+    m = train(Zeroing(MLP([1, 8, 8], 10, hidden=[16])), digits, TrainConfig(epochs=2, progress=False), seed=0)
+    assert calls.count(len(digits.x_test)) == 3
+    assert m["test_acc"] == pytest.approx(float((digits.y_test == 0).float().mean()))
+    assert m["history"][-1]["test_acc"] > m["test_acc"] + 0.1               # the row: before the change
 
 
 @pytest.mark.parametrize("seed", [0, 3, 7])

@@ -29,6 +29,7 @@ from bioplaus.errors import ConfigError
 
 TASKS = ("classify", "lm", "link")
 IGNORE_INDEX = -100          # target of a position that is not scored (cross-entropy's ignore_index)
+VALIDATION_SEED_OFFSET = 10_000   # validation splits (the trainer's, link data's hold_out) draw from seed + this
 
 
 @dataclass

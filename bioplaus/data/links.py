@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bioplaus.data.base import VALIDATION_SEED_OFFSET
 from bioplaus.data.graphs import Graph, GraphDataset, read_pyg, sbm_graph
 from bioplaus.errors import ConfigError
 
@@ -47,14 +48,14 @@ class LinkDataset(GraphDataset):
 
     def hold_out(self, fraction: float, seed: int) -> None:
         """Move `fraction` of the training edges, and as many of the training non-edges, to a validation split
-        (x_val, y_val; seeded by 10000 + seed, as the trainer's split) and drop those edges from the message-passing
-        graph: validation pairs are then unseen, as test pairs are, and val_auc estimates test_auc. In place;
-        call it before building the model (the model holds the graph). Once per dataset."""
+        (x_val, y_val; seeded as the trainer's split, by VALIDATION_SEED_OFFSET + seed) and drop those edges from
+        the message-passing graph: validation pairs are then unseen, as test pairs are, and val_auc estimates
+        test_auc. In place; call it before building the model (the model holds the graph). Once per dataset."""
         if self.x_val is not None:
             raise ConfigError(f"data {self.name} already holds a validation split")
         if not 0 < float(fraction) < 1:
             raise ConfigError(f"trainer.val_fraction must be in (0, 1) to hold out link validation, got {fraction}")
-        gen = torch.Generator().manual_seed(10_000 + int(seed))
+        gen = torch.Generator().manual_seed(VALIDATION_SEED_OFFSET + int(seed))
         parts = []
         for label in (1, 0):
             idx = torch.nonzero(self.y_train == label).flatten()
@@ -68,8 +69,7 @@ class LinkDataset(GraphDataset):
         held = torch.cat([parts[0][1], parts[1][1]]).sort().values
         self.x_val, self.y_val = self.x_train[held], self.y_train[held]
         self.x_train, self.y_train = self.x_train[keep], self.y_train[keep]
-        pos = self.x_train[self.y_train == 1]
-        self.graph = Graph(self.graph.x, torch.cat([pos.t(), pos.t().flip(0)], 1))
+        self.graph = message_graph(self.graph.x, self.x_train[self.y_train == 1])
 
     def model_kwargs(self) -> dict:
         """A graph model for this data: in_shape (2,), n_classes 2, the graph (training edges) and task="link"."""
@@ -80,6 +80,11 @@ class LinkDataset(GraphDataset):
         val = f" / val {len(self.x_val)}" if self.x_val is not None else ""
         return (f"LinkDataset({self.name}: {g.num_nodes} nodes, {g.num_edges} directed training edges, "
                 f"{g.x.shape[1]} features, train {len(self.x_train)}{val} / test {len(self.x_test)} pairs, half edges)")
+
+
+def message_graph(x: Tensor, pos: Tensor) -> Graph:
+    """The message-passing graph of positive pairs pos [M, 2]: both directions of each, over node features x."""
+    return Graph(x, torch.cat([pos.t(), pos.t().flip(0)], 1))
 
 
 def undirected_pairs(edge_index: Tensor) -> Tensor:
@@ -125,7 +130,7 @@ def link_split(name: str, x: Tensor, edge_index: Tensor, test_fraction: float = 
     edges = pairs[:, 0] * V + pairs[:, 1]
     negatives = sample_non_edges(V, len(pairs), edges, gen)
     train_neg, test_neg = negatives[:len(train_pos)], negatives[len(train_pos):]
-    graph = Graph(x, torch.cat([train_pos.t(), train_pos.t().flip(0)], 1))
+    graph = message_graph(x, train_pos)
 
     def labelled(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
         return torch.cat([pos, neg]), torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).long()
