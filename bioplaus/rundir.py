@@ -13,9 +13,9 @@ the lock file is removed when the run ends (a killed run's is reused and removed
 
 Previous run: the config in `.hydra/config.yaml` (or a sweep job's `failed.json`) is compared with this run's.
 Any difference is refused, naming the keys, except `trainer.epochs` upwards and the bookkeeping keys in
-`IGNORED` (progress bar, checkpoint switches, `sweep.*`). Same config: a checkpoint resumes, a finished run is
-not run again (its metrics are returned), a finished run with more epochs asked goes on only from a kept
-checkpoint (`trainer.keep_checkpoint=true`). Outputs without a recorded config are another run's: refused.
+`IGNORED` (progress bar, epoch log lines, checkpoint switches, `sweep.*`). Same config: a checkpoint resumes, a
+finished run is not run again (its metrics are returned), a finished run with more epochs asked goes on only from
+a kept checkpoint (`trainer.keep_checkpoint=true`). Outputs without a recorded config are another run's: refused.
 
 On failure (an exception inside the `with`) the outputs this invocation created are removed (names in OUTPUTS
 that were not there before, our temporary files, the job log Hydra opened), pre-existing files are never
@@ -39,7 +39,8 @@ from bioplaus.errors import ConfigError, DivergedError
 LOCK = ".bioplaus.lock"
 FAILED = "failed.json"
 OUTPUTS = ("metrics.json", "stats.h5", "stats.json", "stats.csv", "checkpoint.pt", FAILED, ".hydra")
-IGNORED = ("trainer.progress", "trainer.checkpoint", "trainer.keep_checkpoint", "sweep.")   # prefixes
+IGNORED = ("trainer.progress", "trainer.log_every", "trainer.checkpoint", "trainer.keep_checkpoint",
+           "sweep.")                                                              # prefixes
 
 
 @dataclass(frozen=True)

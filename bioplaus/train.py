@@ -81,6 +81,8 @@ class TrainConfig:
     grad_clip_groups: bool = False   # clip each of the rule's parameter groups to grad_clip on its own
     lr_schedule: str = "cosine"      # cosine: lr decays to 0 over the run (per step); constant
     progress: bool = True
+    log_every: int = 0               # print one line (epoch, loss, test/val figures) every N epochs; 0 = never.
+                                     # For runs without a progress bar (sweeps, clusters): watch their logs
     checkpoint: bool = False         # save an epoch checkpoint in the run dir; a rerun in that dir resumes
     keep_checkpoint: bool = False    # keep it after the run finished (a later run may then add epochs)
     ddp: str | bool = "auto"         # data parallel under torchrun: auto (WORLD_SIZE > 1) | true | false
@@ -95,6 +97,7 @@ class TrainConfig:
         self.batch_size = _number("batch_size", self.batch_size, int, 1)
         self.eval_batch_size = _number("eval_batch_size", self.eval_batch_size, int, 1)
         self.eval_every = _number("eval_every", self.eval_every, int, 1)
+        self.log_every = _number("log_every", self.log_every, int, 0)
         self.val_fraction = _number("val_fraction", self.val_fraction, float, 0.0)
         if not self.val_fraction < 1.0:
             raise ConfigError(f"trainer.val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -119,6 +122,12 @@ def _number(name: str, value, kind: type, low: float):
     if value < low:
         raise ConfigError(f"trainer.{name} must be >= {low:g}, got {value}")
     return kind(value)
+
+
+def epoch_line(desc: str, row: dict, epochs: int) -> str:
+    """One epoch row as a log line: '<desc>: epoch 3/20 loss 0.4123 test_acc 0.8812 val_acc 0.8750'."""
+    figures = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)))
+    return f"{desc}: epoch {row['epoch'] + 1}/{epochs} {figures}"
 
 
 def check_optimizer(make: Callable) -> None:
@@ -303,6 +312,9 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             if on_epoch is not None:
                 on_epoch(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
+            if cfg.log_every and (epoch + 1) % cfg.log_every == 0 and par.is_main():
+                line = epoch_line(desc, row, int(cfg.epochs))
+                tqdm.write(line) if cfg.progress else print(line, flush=True)     # flushed: logs of background runs
             changed = rule.on_epoch_end(epoch, row)
             if changed:
                 opt.build()

@@ -228,6 +228,7 @@ def test_parameter_report_counts_the_growth():
     ({"mode": "pb"}, "unknown rule.mode 'pb': choose one of cascor, gd, random"),
     ({"score": "mutual_info"}, "unknown rule.score 'mutual_info': choose one of covariance, pearson"),
     ({"switch": "plateau"}, "unknown rule.switch 'plateau': choose one of history, fixed"),
+    ({"tie_break": "last"}, "unknown rule.tie_break 'last': choose one of val_loss, first"),
     ({"p_epochs": 0}, r"rule.p_epochs must be an integer >= 1, got 0"),
     ({"max_dendrites": -1}, r"rule.max_dendrites must be an integer >= 0, got -1"),
     ({"min_epochs_after_growth": -2}, r"rule.min_epochs_after_growth must be an integer >= 0"),

@@ -174,3 +174,15 @@ def test_a_freed_storage_address_reused_counts_again():
             (x @ w).sum().backward()                 # mm saves x for w's gradient
             del x, w
     assert s.bytes == 3 * 64 * 64 * 4 and s.peak == 64 * 64 * 4, (s.bytes, len(addresses))
+
+
+def test_log_every_prints_one_line_per_n_epochs(digits, capsys):
+    """trainer.log_every=2 over 5 epochs, no progress bar: lines after epochs 2 and 4, with the row's figures."""
+    torch.manual_seed(0)
+    train(Backprop(MLP([1, 8, 8], 10, hidden=[16])), digits,
+          TrainConfig(epochs=5, progress=False, log_every=2, val_fraction=0.2), seed=0, desc="bp/mlp/digits s0")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "epoch" in ln]
+    assert [ln.split(" loss")[0] for ln in lines] == ["bp/mlp/digits s0: epoch 2/5", "bp/mlp/digits s0: epoch 4/5"]
+    assert all("test_acc 0." in ln and "val_acc 0." in ln for ln in lines)
+    with pytest.raises(ConfigError, match="log_every"):
+        TrainConfig(log_every=-1)
