@@ -32,10 +32,10 @@ equal score (val_acc on a few hundred samples ties often) `tie_break=val_loss` k
 validation loss (else training loss): the first of them is often the epoch right after a growth, whose new dendrites
 have not trained yet, and reloading it leaves the residual correlated with them, so the next candidates (and the
 random ones, through the cascade) relearn the last set. `tie_break=first` keeps the first (the package's strict
-`score > best`). No growth starts
-in the last epochs of the run (`min_epochs_after_growth`: it must leave, after cascor's p-epochs, at least that many
-n-mode epochs for the new dendrites to learn; the budget comes from `on_train_start`). With lr_schedule=cosine the
-end-of-run plateau comes from lr -> 0: prefer lr_schedule=constant (configs/experiment/perforated.yaml does).
+`score > best`). No growth starts in the last epochs of the run (`min_epochs_after_growth`: it must leave, after
+cascor's p-epochs, at least that many n-mode epochs for the new dendrites to learn; the budget comes from
+`on_train_start`, which warns when it leaves room for no growth at all). With lr_schedule=cosine the end-of-run
+plateau comes from lr -> 0: prefer lr_schedule=constant (configs/experiment/perforated.yaml does).
 `on_epoch_end` returns True at every structural or mode change, so the trainer rebuilds its optimizer.
 
 The switch tracker, the best snapshot and the growth log are buffers and the dendrites submodules, so
