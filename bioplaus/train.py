@@ -314,7 +314,10 @@ def train(rule: LearningRule, data: Dataset, cfg: TrainConfig, seed: int = 0,
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
             if cfg.log_every and (epoch + 1) % cfg.log_every == 0 and par.is_main():
                 line = epoch_line(desc, row, int(cfg.epochs))
-                tqdm.write(line) if cfg.progress else print(line, flush=True)     # flushed: logs of background runs
+                if cfg.progress:
+                    tqdm.write(line)                           # above the bar
+                else:
+                    print(line, flush=True)                    # flushed: the logs of background runs
             changed = rule.on_epoch_end(epoch, row)
             if changed:
                 opt.build()

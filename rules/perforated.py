@@ -222,10 +222,10 @@ class Perforated(LearningRule):
         self.epochs = int(epochs)
         first = self.fixed_switch_num if self.switch == "fixed" else self.n_epochs_to_switch
         if self.max_dendrites > 0 and not self._room_to_grow(first - 1):
-            p = self.p_epochs if self.mode == "cascor" else 0
             warnings.warn(f"rule={self.name}: a {epochs}-epoch run leaves no room for a growth (the first decision "
-                          f"comes after {first} epochs, then {p} p-epochs and min_epochs_after_growth="
-                          f"{self.min_epochs_after_growth}); raise trainer.epochs or lower those", stacklevel=2)
+                          f"comes after {first} epochs, then {self._growth_epochs} p-epochs and "
+                          f"min_epochs_after_growth={self.min_epochs_after_growth}); raise trainer.epochs or lower "
+                          "those", stacklevel=2)
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
         """Track the score (val_acc if present, else -train loss), switch modes / grow; True if params changed."""
@@ -266,8 +266,12 @@ class Perforated(LearningRule):
         """A growth decided now leaves, after cascor's p-epochs, >= min_epochs_after_growth epochs to train it."""
         if self.epochs is None:
             return True
-        p = self.p_epochs if self.mode == "cascor" else 0
-        return epoch + 1 + p + self.min_epochs_after_growth <= self.epochs
+        return epoch + 1 + self._growth_epochs + self.min_epochs_after_growth <= self.epochs
+
+    @property
+    def _growth_epochs(self) -> int:
+        """Epochs a growth spends before n-mode resumes: cascor's p-epochs, none for gd and random."""
+        return self.p_epochs if self.mode == "cascor" else 0
 
     def _reload_best(self) -> None:
         with torch.no_grad():
